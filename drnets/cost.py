@@ -1,0 +1,67 @@
+"""Per-sample FLOPs and parameters, computed analytically from the model and the route.
+
+Convention everywhere in drnets: FLOPs = 2 x multiply-accumulates of convolutions and
+linear layers, as ``torch.utils.flop_counter.FlopCounterMode`` counts them; pooling,
+batch norm, activations and additions are not counted. ``measure_flops`` runs the
+counter itself so tests can check the formulas against it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+@dataclass(frozen=True)
+class CostTable:
+    """Cost of every part of a network at one input size.
+
+    Attributes:
+        base_flops, base_params: stem and classifier (and, for a static network, everything).
+        cell_flops, cell_params: [L] preprocessing + router of each cell, paid by every sample.
+        branch_flops, branch_params: [L, E, K] cost of each candidate branch when it runs.
+    """
+
+    base_flops: int
+    base_params: int
+    cell_flops: torch.Tensor
+    cell_params: torch.Tensor
+    branch_flops: torch.Tensor
+    branch_params: torch.Tensor
+
+    @property
+    def dense_flops(self) -> int:
+        return self.base_flops + int(self.cell_flops.sum()) + int(self.branch_flops.sum())
+
+    @property
+    def dense_params(self) -> int:
+        return self.base_params + int(self.cell_params.sum()) + int(self.branch_params.sum())
+
+    def route_cost(self, ran: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Cost of a route ``ran`` [B, L, E, K] -> (cell_flops [B, L], cell_params [B, L], flops [B], params [B])."""
+        used = ran.detach().cpu().long()
+        cell_flops = self.cell_flops + (used * self.branch_flops).sum(dim=(2, 3))
+        cell_params = self.cell_params + (used * self.branch_params).sum(dim=(2, 3))
+        return cell_flops, cell_params, self.base_flops + cell_flops.sum(1), self.base_params + cell_params.sum(1)
+
+    def expected_flops_fraction(self, gates: torch.Tensor) -> torch.Tensor:
+        """Differentiable cost [B]: gate-weighted branch FLOPs as a fraction of the dense branches' FLOPs."""
+        weights = self.branch_flops.to(gates.device, gates.dtype)
+        return (gates * weights).sum(dim=(1, 2, 3)) / weights.sum().clamp_min(1)
+
+
+def static_cost_table(base_flops: int, base_params: int) -> CostTable:
+    """Cost table of a network without routing (every sample pays everything)."""
+    empty = torch.zeros(0, dtype=torch.long)
+    return CostTable(base_flops, base_params, empty, empty, empty.view(0, 0, 0), empty.view(0, 0, 0))
+
+
+def measure_flops(model: nn.Module, x: torch.Tensor) -> int:
+    """FLOPs that FlopCounterMode observes in one forward pass (only what actually ran)."""
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(x)
+    return counter.get_total_flops()

@@ -1,0 +1,82 @@
+"""RouterNet: per-input importance weights for every candidate branch of a cell.
+
+The paper (Cai et al., "Dynamic Routing Networks") gives each branch an instance-wise
+weight, recalibrates the weights with Gumbel-Softmax and bypasses branches of
+insignificant weight. The router shape (pool -> FC -> ReLU -> FC) and the selection
+rules below are our choices, documented in README "What we fill in".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class RoutingPolicy:
+    """How gate weights become run/skip decisions at inference.
+
+    threshold: keep a branch if its weight >= threshold (0 keeps every branch).
+    top_k: if set, additionally keep at most the k heaviest branches of each edge.
+    """
+
+    threshold: float = 0.1
+    top_k: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must lie in [0, 1], got {self.threshold}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
+
+
+def recalibrate(logits: torch.Tensor, temperature: float, training: bool) -> torch.Tensor:
+    """Gate weights [B, E, K] from router logits: Gumbel-Softmax in training, softmax at inference."""
+    if training and temperature > 0:
+        return F.gumbel_softmax(logits, tau=temperature, hard=False, dim=-1)
+    return logits.softmax(dim=-1)
+
+
+def select(weights: torch.Tensor, policy: RoutingPolicy) -> torch.Tensor:
+    """Bool mask [B, E, K] of the branches to run; a pure function of the weights."""
+    keep = weights >= policy.threshold
+    if policy.top_k is not None and policy.top_k < weights.shape[-1]:
+        top = weights.topk(policy.top_k, dim=-1).indices
+        in_top = torch.zeros_like(keep).scatter_(-1, top, True)
+        keep = keep & in_top
+    return keep
+
+
+class Router(nn.Module):
+    """Instance-aware router: global-average-pooled cell inputs -> MLP -> logits [B, E, K]."""
+
+    def __init__(self, in_channels: int, hidden: int, num_edges: int, num_branches: int):
+        super().__init__()
+        self.num_edges, self.num_branches = num_edges, num_branches
+        self.fc1 = nn.Linear(in_channels, hidden)
+        self.fc2 = nn.Linear(hidden, num_edges * num_branches)
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([s0.mean(dim=(2, 3)), s1.mean(dim=(2, 3))], dim=1)  # [B, 2C]
+        logits = self.fc2(F.relu(self.fc1(pooled)))  # [B, E*K]
+        return logits.view(-1, self.num_edges, self.num_branches)
+
+    def flops(self) -> int:
+        return 2 * (self.fc1.in_features * self.fc1.out_features + self.fc2.in_features * self.fc2.out_features)
+
+
+class StaticRouter(nn.Module):
+    """Input-independent logits (a DARTS-style mixed op): the dense supernet's 'router'."""
+
+    def __init__(self, num_edges: int, num_branches: int):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.zeros(num_edges, num_branches))
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
+        return self.alpha.unsqueeze(0).repeat(s0.shape[0], 1, 1)  # not a view: FlopCounterMode needs a grad_fn
+
+    def flops(self) -> int:
+        return 0
