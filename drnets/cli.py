@@ -1,0 +1,101 @@
+"""The one ``drnets`` command: ``info``, ``train``, ``eval``, ``predict``.
+
+Subcommands are thin: they parse flags and call the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+
+from .model import create_model, list_models
+
+INPUT_SHAPES = ((1, 28, 28), (3, 32, 32))  # Fashion-MNIST, CIFAR
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    rows = []
+    for name in list_models():
+        for shape in INPUT_SHAPES:
+            model = create_model(name, in_channels=shape[0]).eval()
+            table = model.cost_table(*shape[1:])
+            rows.append(
+                {"model": name, "input_shape": list(shape), "params": table.dense_params, "dense_flops": table.dense_flops}
+            )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'model':<12} {'input':<10} {'params':>10} {'dense FLOPs':>14}   (FLOPs = 2 x MACs)")
+    for r in rows:
+        shape = "x".join(map(str, r["input_shape"]))
+        print(f"{r['model']:<12} {shape:<10} {r['params']:>10,} {r['dense_flops']:>14,}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, train
+
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    metrics = train(TrainConfig(**values), resume=args.resume, progress=not args.no_progress)
+    print(json.dumps(metrics))
+    return 0
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    from .data import DATASETS
+    from .train import TrainConfig
+
+    p = sub.add_parser("train", help="train a model and write a checkpoint folder")
+    d = TrainConfig()
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", choices=list_models(), default=d.model)
+    g.add_argument("--model-config", dest="model_overrides", default=d.model_overrides,
+                   help="JSON object of model-config overrides, e.g. '{\"channels\": 16}'")  # fmt: skip
+    g.add_argument("--data", choices=DATASETS, default=d.data)
+    g.add_argument("--data-root", default=None, help="data folder (default: the Debian Fashion-MNIST files)")
+    g.add_argument("--limit", type=int, default=None, help="use only the first N training images")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=_positive_int, default=d.epochs)
+    g.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
+    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate of the one-cycle schedule")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--seed", type=int, default=d.seed)
+    g = p.add_argument_group("routing")
+    g.add_argument("--cost-weight", type=float, default=d.cost_weight, help="lambda on the expected-FLOPs loss")
+    g.add_argument("--tau-start", type=float, default=d.tau_start, help="Gumbel-Softmax temperature at the start")
+    g.add_argument("--tau-end", type=float, default=d.tau_end, help="... and at the end (geometric annealing)")
+    g.add_argument("--threshold", type=float, default=d.threshold, help="routing threshold t")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", default=d.out, help="run folder: train_state.pt, model/, log.csv, args.json")
+    g.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--log-every", type=_positive_int, default=d.log_every)
+    p.set_defaults(func=cmd_train)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="drnets", description="Dynamic Routing Networks: train, evaluate, inspect.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="parameters and dense FLOPs of every model per input size")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    p.set_defaults(func=cmd_info)
+    add_train_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"drnets {args.command}: error: {err}", file=sys.stderr)
+        return 2

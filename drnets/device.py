@@ -1,0 +1,17 @@
+"""Where models run: the GPU when there is one, the CPU otherwise."""
+
+from __future__ import annotations
+
+import torch
+
+
+def pick_device(preferred: str | None = None) -> torch.device:
+    if preferred:
+        return torch.device(preferred)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"GPU: {torch.cuda.get_device_name(device)}"
+    return f"CPU ({torch.get_num_threads()} threads)"
