@@ -106,30 +106,35 @@ class Cell(nn.Module):
         return (b, self.channels, (h - 1) // stride + 1, (w - 1) // stride + 1)
 
     def _run_sparse(self, states: list[torch.Tensor], weights: torch.Tensor, ran: torch.Tensor) -> torch.Tensor:
-        """Run each kept branch on exactly the samples that kept it; skipped branches are never called."""
-        batch = states[0].shape[0]
-        ran_cpu = ran.cpu()
-        counts = ran_cpu.sum(dim=0).tolist()  # [E][K]: one host sync per cell, not per branch
-        node_shape = self._node_shape(states[1])
-        edge = 0
+        """Run each kept branch on exactly the samples that kept it; skipped branches are never called.
+
+        Per node, the branches every sample kept run first on the whole batch and seed the
+        sum in place (no zero tensor, no gather, weight multiply fused into ``addcmul_``);
+        branches only some samples kept gather those rows, run, and scatter-add back.
+        The whole cell costs one host sync (the route) and, only for a mixed batch, one
+        ``nonzero`` for every branch's sample indices. See docs/BENCHMARKS.md "Profiling".
+        """
+        batch, num_branches = states[0].shape[0], len(self.branch_names)
+        counts, samples = _route_plan(ran, states[0].device)
+        gate = weights.flatten(1).t()[:, :, None, None, None].unbind(0)  # E*K views [B, 1, 1, 1]
+        node_shape, edge = self._node_shape(states[1]), 0
         for _ in range(self.num_nodes):
             node = None
+            partial = []
             for src in range(len(states)):
-                x = states[src]
                 for k, branch in enumerate(self.branches[edge]):
-                    n = counts[edge][k]
-                    if n == 0:
-                        continue
-                    if n == batch:
-                        y = branch(x) * weights[:, edge, k].view(-1, 1, 1, 1)
-                        node = y if node is None else node + y
-                    else:
-                        idx = ran_cpu[:, edge, k].nonzero().squeeze(1).to(x.device)
-                        y = branch(x.index_select(0, idx)) * weights[idx, edge, k].view(-1, 1, 1, 1)
-                        base = node if node is not None else x.new_zeros(node_shape)
-                        node = base.index_add(0, idx, y)
+                    i = edge * num_branches + k
+                    if counts[i] == batch:
+                        y = branch(states[src])
+                        node = y * gate[i] if node is None else node.addcmul_(y, gate[i])
+                    elif counts[i] > 0:
+                        partial.append((src, branch, i))
                 edge += 1
-            states.append(node if node is not None else states[1].new_zeros(node_shape))
+            for src, branch, i in partial:
+                idx = samples[i]
+                y = branch(_gather(states[src], idx)) * gate[i].index_select(0, idx)
+                node = _scatter_add_(_zeros(node_shape, states[1]) if node is None else node, idx, y)
+            states.append(node if node is not None else _zeros(node_shape, states[1]))
         return torch.cat(states[2:], dim=1)
 
     def _run_masked(self, states: list[torch.Tensor], weights: torch.Tensor, ran: torch.Tensor) -> torch.Tensor:
@@ -148,3 +153,49 @@ class Cell(nn.Module):
     def fixed_params(self) -> int:
         """Parameters touched by every sample: preprocessing and router."""
         return param_count(self.preprocess0) + param_count(self.preprocess1) + param_count(self.router)
+
+
+def _route_plan(ran: torch.Tensor, device: torch.device) -> tuple[list[int], tuple[torch.Tensor, ...]]:
+    """Per branch (flattened edge * K + k): how many samples run it, and which ones (sorted).
+
+    The indices are only built when some branch runs on part of the batch (never at batch 1).
+    """
+    by_branch = ran.cpu().flatten(1).t()  # [E*K, B]; the cell's one host sync
+    counts = by_branch.sum(1).tolist()
+    batch = by_branch.shape[1]
+    if all(n in (0, batch) for n in counts):
+        return counts, ()
+    samples = by_branch.nonzero()[:, 1].to(device)  # grouped by branch, ascending sample
+    return counts, samples.split(counts)
+
+
+def _is_channels_last(t: torch.Tensor) -> bool:
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``x[idx]`` along the batch, keeping x's memory format.
+
+    On a channels_last tensor the batch is indexed through its contiguous NHWC view:
+    ``index_select`` on the NCHW-strided view returns NCHW and ``index_add_`` into it is
+    several times slower (measured, torch 2.13 CPU).
+    """
+    if _is_channels_last(x):
+        return x.permute(0, 2, 3, 1).index_select(0, idx).permute(0, 3, 1, 2)
+    return x.index_select(0, idx)
+
+
+def _scatter_add_(node: torch.Tensor, idx: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``node[idx] += y`` in place (node is always a tensor the cell allocated); returns node."""
+    if _is_channels_last(node):
+        node.permute(0, 2, 3, 1).index_add_(0, idx, y.permute(0, 2, 3, 1))
+    else:
+        node.index_add_(0, idx, y)
+    return node
+
+
+def _zeros(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """A zero node map in ``like``'s memory format, so channels_last runs stay channels_last."""
+    fmt = torch.channels_last if _is_channels_last(like) else torch.contiguous_format
+    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt).zero_()
+

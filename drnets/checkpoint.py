@@ -113,28 +113,33 @@ def _read_config(directory: Path) -> dict[str, Any]:
     return meta
 
 
-def _read_weights(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+def _read_header(path: Path, meta: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes from the safetensors header, read without loading any tensor."""
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
     try:
         with safe_open(str(path), framework="pt") as fh:
             embedded = (fh.metadata() or {}).get("drnets_architecture")
-        if embedded is not None and embedded != _architecture(meta):
-            raise CheckpointError(f"{path} was saved for another architecture than {path.parent / CONFIG} describes")
+            shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}") from None
+    if embedded is not None and embedded != _architecture(meta):
+        raise CheckpointError(f"{path} was saved for another architecture than {path.parent / CONFIG} describes")
+    return shapes
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}") from None
 
 
-def _check_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    expected = model.state_dict()
+def _check_state(model: nn.Module, state: dict[str, tuple[int, ...]], path: Path) -> None:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong = [
-        f"{k}: weights {tuple(state[k].shape)} vs config {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
+    wrong = [f"{k}: weights {state[k]} vs config {v}" for k, v in expected.items() if k in state and state[k] != v]
     problems = []
     if missing:
         problems.append(f"{len(missing)} tensors missing (e.g. {missing[:3]})")
@@ -164,17 +169,28 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_dir():
         raise CheckpointError(f"checkpoint folder {path} does not exist")
     meta = _read_config(path)
-    try:
-        model = create_model(meta["model"], **meta["config"])
-    except ValueError as err:
-        raise CheckpointError(f"{path / CONFIG}: {err}") from None
+    shapes = _read_header(path / WEIGHTS, meta)
+    # Check the config against the weights on a shape-only skeleton first, so a hostile
+    # config (say, channels=10**6) is refused before it can allocate anything.
+    with torch.device("meta"):
+        skeleton = _build(meta, path)
     class_names = meta["class_names"]
-    if len(class_names) != model.config.num_classes or not all(isinstance(c, str) for c in class_names):
+    if not all(isinstance(c, str) for c in class_names):
+        raise CheckpointError(f"{path / CONFIG}: class_names must be a list of strings")
+    if len(class_names) != skeleton.config.num_classes:
         raise CheckpointError(
-            f"{path / CONFIG}: class_names has {len(class_names)} entries but the model has {model.config.num_classes} classes"
+            f"{path / CONFIG}: class_names has {len(class_names)} entries but the model has "
+            f"{skeleton.config.num_classes} classes"
         )
-    state = _read_weights(path / WEIGHTS, meta)
-    _check_state(model, state, path / WEIGHTS)
-    model.load_state_dict(state)
+    _check_state(skeleton, shapes, path / WEIGHTS)
+    model = _build(meta, path)
+    model.load_state_dict(_read_weights(path / WEIGHTS))
     model.to(map_location).eval()
     return Checkpoint(model, meta["model"], list(class_names), meta.get("training", {}), path)
+
+
+def _build(meta: dict[str, Any], path: Path) -> nn.Module:
+    try:
+        return create_model(meta["model"], **meta["config"])
+    except ValueError as err:
+        raise CheckpointError(f"{path / CONFIG}: {err}") from None

@@ -10,6 +10,9 @@ import json
 import sys
 from dataclasses import fields
 
+from . import evaluate
+from . import predict
+from . import samples
 from .model import create_model, list_models
 
 INPUT_SHAPES = ((1, 28, 28), (3, 32, 32))  # Fashion-MNIST, CIFAR
@@ -89,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.set_defaults(func=cmd_info)
     add_train_parser(sub)
+    samples.add_parser(sub)
+    evaluate.add_parser(sub)
+    predict.add_parser(sub)
     return parser
 
 

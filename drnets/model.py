@@ -97,6 +97,8 @@ class DRNet(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Features [B, C, H, W], gates [B, L, E, K], ran [B, L, E, K]."""
         _check_input(x, self.config.in_channels, self.min_input_size)
+        if forced_route is not None:
+            self._check_route(forced_route, x.shape[0])
         s0 = s1 = self.stem(x)
         gates, ran = [], []
         for i, cell in enumerate(self.cells):
@@ -106,6 +108,14 @@ class DRNet(nn.Module):
             gates.append(w)
             ran.append(r)
         return s1, torch.stack(gates, dim=1), torch.stack(ran, dim=1)
+
+    def _check_route(self, route: torch.Tensor, batch: int) -> None:
+        shape = (len(self.cells), len(self.cells[0].edges), len(self.config.branches))
+        if route.dtype != torch.bool or route.dim() != 4 or route.shape[0] not in (1, batch) or route.shape[1:] != shape:
+            raise ValueError(
+                f"forced_route must be a bool tensor [B or 1, {', '.join(map(str, shape))}] (cells, edges, branches) "
+                f"for a batch of {batch}; got {route.dtype} of shape {tuple(route.shape)}"
+            )
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.global_pool(features).flatten(1))
@@ -265,10 +275,10 @@ class MobileNetV2(nn.Module):
 
     def cost_table(self, h: int, w: int) -> CostTable:
         if (h, w) not in self._cost_tables:
-            flops = 0
+            flops, fh, fw = 0, h, w  # fh, fw walk the feature map; (h, w) stays the cache key
             for block in self.features:
                 layers = block.conv if isinstance(block, InvertedResidual) else block
-                block_flops, h, w = sequential_flops(layers, h, w)
+                block_flops, fh, fw = sequential_flops(layers, fh, fw)
                 flops += block_flops
             flops += 2 * self.classifier.in_features * self.classifier.out_features
             self._cost_tables[(h, w)] = static_cost_table(flops, param_count(self))

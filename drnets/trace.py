@@ -126,6 +126,7 @@ class RoutingTrace:
         )
         frame = index.to_frame(index=False)
         frame["sample"] = [ids[i] for i in frame["sample_index"]]
+        frame["reduction"] = [self.reduction[c] for c in frame["cell"]]
         frame["branch"] = [self.branch_names[i] for i in frame["branch_index"]]
         frame["src"] = [self.edges[i][0] for i in frame["edge"]]
         frame["dst"] = [self.edges[i][1] for i in frame["edge"]]

@@ -4,12 +4,20 @@ Recipe (ours): AdamW with a one-cycle learning rate, cross-entropy plus, for rou
 models, ``cost_weight`` x the expected FLOPs fraction (router-weighted branch FLOPs
 over the dense branches' FLOPs). The Gumbel-Softmax temperature anneals
 geometrically from ``tau_start`` to ``tau_end``. Every epoch reseeds from
-(seed, epoch), so a run resumed from an epoch checkpoint repeats the uninterrupted run.
+(seed, epoch, rank), so a run resumed from an epoch checkpoint repeats the
+uninterrupted run bit for bit on CPU.
+
+Under torchrun every rank takes its share of one shared permutation per epoch, DDP
+averages the gradients, and at each epoch end the batch-norm running statistics are
+averaged over the ranks (as timm's ``distribute_bn``) and the ranks' weights are
+checked to be identical; only rank 0 writes files.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import json
 import math
 import os
@@ -26,10 +34,12 @@ from tqdm import tqdm
 
 from .checkpoint import atomic_write, atomic_write_text, save_checkpoint
 from .data import ImageSet, augment, load_dataset, normalization, to_input
-from .model import DRNet, create_model
 from .device import pick_device
+from .model import DRNet, create_model
 
 STATE_FILE = "train_state.pt"
+# Recipe fields that may change between an interrupted run and its --resume.
+RESUMABLE_CHANGES = ("out", "log_every", "data_root")
 
 
 @dataclass(frozen=True)
@@ -39,7 +49,7 @@ class TrainConfig:
     data_root: str | None = None
     out: str = "runs/drnet"
     epochs: int = 3
-    batch_size: int = 128
+    batch_size: int = 128  # per process; the global batch under torchrun is world_size x this
     lr: float = 3e-3  # peak of the one-cycle schedule
     weight_decay: float = 1e-4
     cost_weight: float = 0.5  # lambda: weight of the expected-FLOPs term (0 = accuracy only)
@@ -66,6 +76,15 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def seed_epoch(cfg: TrainConfig, epoch: int, rank: int) -> torch.Generator:
+    """Reseed the global RNG (Gumbel noise) and return this rank's augmentation generator.
+
+    Every rank draws the same Gumbel noise stream; augmentation differs per rank.
+    """
+    torch.manual_seed(cfg.seed * 1000 + epoch)
+    return torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + rank)
+
+
 def temperature_at(step: int, total: int, start: float, end: float) -> float:
     """Geometric annealing from ``start`` to ``end`` over ``total`` steps."""
     return start * (end / start) ** (step / max(1, total - 1))
@@ -89,7 +108,7 @@ class DistributedContext:
         return self.rank == 0
 
     def close(self) -> None:
-        if self.world_size > 1:
+        if self.world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
@@ -102,130 +121,200 @@ def epoch_order(n: int, seed: int, epoch: int, rank: int, world: int) -> torch.T
     return order[rank::world]
 
 
-def _loss(model: nn.Module, logits: torch.Tensor, trace, labels: torch.Tensor, cfg: TrainConfig, h: int, w: int):
+def make_batch(
+    data: ImageSet, idx: torch.Tensor, gen: torch.Generator, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augmented, normalised inputs [B, C, H, W] and labels [B] for the samples ``idx``."""
+    return to_input(augment(data.images[idx], gen), mean, std), data.labels[idx]
+
+
+def build_model(cfg: TrainConfig, data: ImageSet) -> nn.Module:
+    """The model the recipe trains, sized to the data; call after ``seed_everything``."""
+    overrides = {"in_channels": data.images.shape[-1], "num_classes": len(data.class_names), **cfg.overrides()}
+    if cfg.model == "drnet":
+        overrides.setdefault("threshold", cfg.threshold)
+    return create_model(cfg.model, **overrides)
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module, total_steps: int):  # noqa: ANN201 - (optimizer, scheduler)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps)
+    return optimizer, scheduler
+
+
+def steps_per_epoch(n: int, world_size: int, batch_size: int) -> int:
+    return math.ceil(math.ceil(n / world_size) / batch_size)
+
+
+def training_loss(model: nn.Module, logits: torch.Tensor, trace, labels: torch.Tensor, cfg: TrainConfig, h: int, w: int):
+    """(loss to minimise, cross-entropy part); ``model`` may be wrapped in DDP."""
     ce = F.cross_entropy(logits, labels)
     core = model.module if hasattr(model, "module") else model
     if isinstance(core, DRNet) and core.config.dynamic and cfg.cost_weight > 0:
-        cost = core.cost_table(h, w).expected_flops_fraction(trace.gates).mean()
+        cost = core.cost_table(h, w).expected_flops_fraction(trace.gates).float().mean()
         return ce + cfg.cost_weight * cost, ce
     return ce, ce
 
 
-def _save_state(path: Path, model: nn.Module, optimizer, scheduler, epoch: int, history: list[dict]) -> None:
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 of every parameter and buffer: equal digests mean bit-identical weights."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def average_buffers(model: nn.Module, world_size: int) -> None:
+    """Average batch-norm running statistics over the ranks (integer counters stay integers)."""
+    for buffer in model.buffers():
+        dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+        if buffer.is_floating_point():
+            buffer.div_(world_size)
+        else:
+            buffer.floor_divide_(world_size)
+
+
+def _check_ranks_agree(model: nn.Module, epoch: int) -> None:
+    digests: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(digests, weights_digest(model))
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"DDP ranks hold different weights after epoch {epoch}: {digests}")
+
+
+def _save_state(path: Path, model: nn.Module, optimizer, scheduler, epoch: int, history: list[dict], cfg) -> None:
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "epoch": torch.tensor(epoch),
         "history": json.dumps(history),
+        "recipe": json.dumps(asdict(cfg)),
     }
     atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def _load_state(path: Path, cfg: TrainConfig) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: no {STATE_FILE} in {path.parent}; start without --resume")
+    state = torch.load(path, map_location="cpu", weights_only=True)  # never runs pickled code
+    saved = json.loads(state.get("recipe", "{}"))
+    changed = [k for k, v in asdict(cfg).items() if k in saved and saved[k] != v and k not in RESUMABLE_CHANGES]
+    if changed:
+        diffs = ", ".join(f"{k}: {saved[k]!r} -> {getattr(cfg, k)!r}" for k in changed)
+        raise ValueError(f"--resume with a different recipe than the interrupted run ({diffs}); use the same flags")
+    return state
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train one model; returns the final epoch's metrics. Writes ``cfg.out/`` on rank 0."""
     ctx = DistributedContext()
     try:
-        return _train(cfg, ctx, resume, progress)
+        _, history = fit(cfg, ctx, resume, progress)
+        return history[-1] if history else {}
     finally:
         ctx.close()
 
 
-def _train(cfg: TrainConfig, ctx: DistributedContext, resume: bool, progress: bool) -> dict[str, Any]:
+def fit(
+    cfg: TrainConfig, ctx: DistributedContext, resume: bool = False, progress: bool = True
+) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """The training loop; returns the trained model and one metrics row per epoch."""
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise ValueError(f"epochs and batch size must be >= 1, got {cfg.epochs} and {cfg.batch_size}")
     out = Path(cfg.out)
     seed_everything(cfg.seed)
     data = load_dataset(cfg.data, "train", cfg.data_root).subset(cfg.limit)
-    channels = data.images.shape[-1]
+    channels, h, w = data.images.shape[-1], data.images.shape[1], data.images.shape[2]
     mean, std = normalization(cfg.data, channels)
-    overrides = {"in_channels": channels, "num_classes": len(data.class_names), **cfg.overrides()}
-    if cfg.model in ("drnet",):
-        overrides.setdefault("threshold", cfg.threshold)
-    model = create_model(cfg.model, **overrides).to(ctx.device)
+    model = build_model(cfg, data).to(ctx.device)
     if ctx.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    steps_per_epoch = math.ceil(math.ceil(len(data) / ctx.world_size) / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps)
+    per_epoch = steps_per_epoch(len(data), ctx.world_size, cfg.batch_size)
+    total_steps = per_epoch * cfg.epochs
+    optimizer, scheduler = build_optimizer(cfg, model, total_steps)
     start_epoch, history = 0, []
     state_path = out / STATE_FILE
     if resume:
-        if not state_path.is_file():
-            raise FileNotFoundError(f"--resume: no {STATE_FILE} in {out}; start without --resume")
-        state = torch.load(state_path, map_location="cpu", weights_only=True)  # never runs pickled code
+        state = _load_state(state_path, cfg)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, history = int(state["epoch"]), json.loads(state["history"])
     net: nn.Module = model
     if ctx.world_size > 1:
-        # Skipped branches get no gradient in a step: DDP must not wait for them.
-        net = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+        # Skipped branches get no gradient in a step: DDP must not wait for them. Buffers are
+        # averaged once per epoch instead of broadcast from rank 0 at every forward.
+        net = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True, forward_sync_buffers=False)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "args.json", json.dumps(asdict(cfg), indent=2))
+    # bfloat16 needs no loss scaling; older GPUs fall back to float16 with a GradScaler.
+    amp_dtype = torch.bfloat16 if ctx.device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
     use_amp = ctx.device.type == "cuda"
-    h, w = data.images.shape[1:3]
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     for epoch in range(start_epoch, cfg.epochs):
-        torch.manual_seed(cfg.seed * 1000 + epoch)
-        gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + ctx.rank)
+        gen = seed_epoch(cfg, epoch, ctx.rank)
         order = epoch_order(len(data), cfg.seed, epoch, ctx.rank, ctx.world_size)
         net.train()
-        sums = {"loss": 0.0, "correct": 0, "seen": 0, "flops": 0.0}
+        sums = torch.zeros(4, dtype=torch.float64)  # ce loss sum, correct, seen, flops sum
         started = time.perf_counter()
-        batches = range(0, len(order), cfg.batch_size)
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and ctx.is_main))
-        for i, start in enumerate(bar):
-            idx = order[start : start + cfg.batch_size]
-            x = to_input(augment(data.images[idx], gen), mean, std)
-            x, y = x.to(ctx.device), data.labels[idx].to(ctx.device)
+        bar = tqdm(range(per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and ctx.is_main))
+        for i in bar:
+            x, y = make_batch(data, order[i * cfg.batch_size : (i + 1) * cfg.batch_size], gen, mean, std)
+            x, y = x.to(ctx.device), y.to(ctx.device)
             if ctx.device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             if isinstance(model, DRNet):
-                model.temperature = temperature_at(epoch * steps_per_epoch + i, total_steps, cfg.tau_start, cfg.tau_end)
-            with torch.autocast(ctx.device.type, enabled=use_amp):
+                model.temperature = temperature_at(epoch * per_epoch + i, total_steps, cfg.tau_start, cfg.tau_end)
+            with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=use_amp):
                 logits, trace = net(x)
-                loss, ce = _loss(net, logits, trace, y, cfg, h, w)
+                loss, ce = training_loss(net, logits, trace, y, cfg, h, w)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
-            sums["loss"] += ce.item() * len(y)
-            sums["correct"] += int((logits.argmax(1) == y).sum())
-            sums["seen"] += len(y)
-            sums["flops"] += float(trace.flops.float().sum())
+            sums += torch.tensor(
+                [ce.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y), trace.flops.double().sum().item()],
+                dtype=torch.float64,
+            )
             if i % cfg.log_every == 0:
                 bar.set_postfix(
-                    loss=f"{sums['loss'] / sums['seen']:.3f}",
-                    acc=f"{sums['correct'] / sums['seen']:.3f}",
-                    mflops=f"{sums['flops'] / sums['seen'] / 1e6:.1f}",
+                    loss=f"{sums[0] / sums[2]:.3f}", acc=f"{sums[1] / sums[2]:.3f}", mflops=f"{sums[3] / sums[2] / 1e6:.1f}"
                 )
+        if ctx.world_size > 1:
+            dist.all_reduce(sums, op=dist.ReduceOp.SUM)  # log the whole epoch, not rank 0's share
+            average_buffers(model, ctx.world_size)
+            _check_ranks_agree(model, epoch + 1)
+        loss_sum, correct, seen, flops_sum = sums.tolist()
         row = {
             "epoch": epoch + 1,
-            "train_loss": sums["loss"] / sums["seen"],
-            "train_acc": sums["correct"] / sums["seen"],
-            "train_flops_mean": sums["flops"] / sums["seen"],
+            "train_loss": loss_sum / seen,
+            "train_acc": correct / seen,
+            "train_flops_mean": flops_sum / seen,
             "seconds": time.perf_counter() - started,
             "lr": scheduler.get_last_lr()[0],
             "temperature": getattr(model, "temperature", None),
+            "weights_sha256": weights_digest(model),
         }
         history.append(row)
         if ctx.is_main:
-            _save_state(state_path, model, optimizer, scheduler, epoch + 1, history)
+            _save_state(state_path, model, optimizer, scheduler, epoch + 1, history, cfg)
             save_checkpoint(
-                out / "model", model.cpu(), cfg.model, data.class_names,
+                out / "model", model, cfg.model, data.class_names,
                 {"dataset": cfg.data, "mean": list(mean), "std": list(std), "input_size": [channels, h, w],
                  "epochs_done": epoch + 1, "history": history, "recipe": asdict(cfg), "world_size": ctx.world_size},
             )  # fmt: skip
-            model.to(ctx.device)
-            _append_csv(out / "log.csv", row)
-    return history[-1] if history else {}
+            # Rewritten whole from the history, so a kill between the saves never loses a row.
+            atomic_write_text(out / "log.csv", _csv(history))
+    return model, history
 
 
-def _append_csv(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+def _csv(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    columns = list(dict.fromkeys(key for row in rows for key in row))  # rows of older runs may lack a column
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()

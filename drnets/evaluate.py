@@ -1,0 +1,353 @@
+"""Evaluation: accuracy and per-image cost of a checkpoint on a data set, and the threshold sweep.
+
+Everything is computed from the routing traces of one pass over the data (a pass per
+sweep threshold): statistics are reductions of the trace tensors, so the 10k-image
+test set never becomes a 10k x L x E x K table. The result is the ``eval.json`` the
+app reads; FLOPs are 2 x MACs throughout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .checkpoint import Checkpoint, atomic_write_text, load_checkpoint
+from .data import DATASETS, ImageSet, load_dataset, normalization, to_input
+from .model import DRNet
+from .router import RoutingPolicy
+from .trace import RoutingTrace
+
+# Thresholds of the accuracy/FLOPs sweep; the model's own threshold is added to them.
+# Gate weights of K=7 branches average 1/7 ~ 0.14, so the grid is densest below 0.3.
+SWEEP_THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
+NUM_EXTREMES = 5  # cheapest and most expensive images kept in eval.json
+SWEEP_COLUMNS = ("threshold", "accuracy", "flops_mean", "params_used_mean")
+
+
+class EvaluationError(ValueError):
+    """A checkpoint and a data set (or options) that do not fit together."""
+
+
+def is_routed(model: torch.nn.Module) -> bool:
+    """True for models whose route depends on the input (the threshold sweep applies)."""
+    return isinstance(model, DRNet) and model.config.dynamic
+
+
+def check_compatible(checkpoint: Checkpoint, data: ImageSet) -> None:
+    """Refuse a data set whose channels or classes the checkpoint was not built for."""
+    config = checkpoint.model.config
+    channels = data.images.shape[-1]
+    if channels != config.in_channels:
+        raise EvaluationError(
+            f"the checkpoint takes {config.in_channels}-channel images but data set {data.name!r} has {channels} "
+            "channels; evaluate it on the data set it was trained on"
+        )
+    if len(data.class_names) != config.num_classes:
+        raise EvaluationError(
+            f"the checkpoint predicts {config.num_classes} classes but data set {data.name!r} has "
+            f"{len(data.class_names)}; evaluate it on the data set it was trained on"
+        )
+    expected = checkpoint.training.get("input_size")
+    if expected and list(expected[1:]) != list(data.images.shape[1:3]):
+        raise EvaluationError(
+            f"the checkpoint was trained on {expected[1]}x{expected[2]} images but data set {data.name!r} has "
+            f"{data.images.shape[1]}x{data.images.shape[2]}"
+        )
+
+
+@torch.no_grad()
+def run_traces(
+    model: torch.nn.Module,
+    data: ImageSet,
+    mean: Sequence[float],
+    std: Sequence[float],
+    batch_size: int = 256,
+) -> RoutingTrace:
+    """One inference pass over ``data``; the traces of every batch joined (on the CPU)."""
+    device = next(model.parameters()).device
+    traces = []
+    for start in range(0, len(data), batch_size):
+        x = to_input(data.images[start : start + batch_size], tuple(mean), tuple(std)).to(device)
+        traces.append(model(x)[1])
+    return RoutingTrace.concat(traces)
+
+
+def _summary(trace: RoutingTrace, labels: torch.Tensor) -> dict[str, float]:
+    return {
+        "accuracy": float((trace.preds.cpu() == labels).double().mean()),
+        "flops_mean": float(trace.flops.double().mean()),
+        "params_used_mean": float(trace.params.double().mean()),
+    }
+
+
+def _per_class(trace: RoutingTrace, labels: torch.Tensor, class_names: list[str]) -> list[dict[str, Any]]:
+    frame = pd.DataFrame(
+        {
+            "index": labels.numpy(),
+            "correct": (trace.preds.cpu() == labels).numpy(),
+            "flops": trace.flops.numpy(),
+            "params": trace.params.numpy(),
+        }
+    )
+    stats = frame.groupby("index").agg(
+        n=("correct", "size"), accuracy=("correct", "mean"), flops_mean=("flops", "mean"), params_used_mean=("params", "mean")
+    )
+    return [
+        {
+            "class": class_names[int(index)],
+            "index": int(index),
+            "n": int(row.n),
+            "accuracy": float(row.accuracy),
+            "flops_mean": float(row.flops_mean),
+            "params_used_mean": float(row.params_used_mean),
+        }
+        for index, row in stats.iterrows()
+    ]
+
+
+def _branch_usage(trace: RoutingTrace, labels: torch.Tensor, class_names: list[str]) -> tuple[list[dict], list[dict]]:
+    """Per (class, cell, branch) and per (cell, branch): share of (sample, edge) pairs where the branch ran."""
+    n, cells, edges, k = trace.ran.shape
+    if n == 0 or cells == 0:
+        return [], []
+    ran_per_sample = trace.ran.sum(dim=2).double().reshape(n, cells * k)  # [N, L*K]: edges that ran the branch
+    present = torch.unique(labels)
+    one_hot = (labels.view(-1, 1) == present.view(1, -1)).double()  # [N, classes present]
+    per_class = (one_hot.T @ ran_per_sample) / (one_hot.sum(0).view(-1, 1) * edges)  # [classes present, L*K]
+    per_class = per_class.view(len(present), cells, k)
+    by_class = [
+        {"class": class_names[int(c)], "cell": cell, "branch": trace.branch_names[b], "usage": float(per_class[i, cell, b])}
+        for i, c in enumerate(present)
+        for cell in range(cells)
+        for b in range(k)
+    ]
+    per_cell = ran_per_sample.view(n, cells, k).mean(0) / edges  # [L, K]
+    by_cell = [
+        {"cell": cell, "branch": trace.branch_names[b], "usage": float(per_cell[cell, b])}
+        for cell in range(cells)
+        for b in range(k)
+    ]
+    return by_class, by_cell
+
+
+def _pixels(image: torch.Tensor) -> list:
+    """uint8 [H, W, C] -> nested lists, [H][W] for grayscale, [H][W][C] otherwise."""
+    array = image.numpy()
+    return (array[..., 0] if array.shape[-1] == 1 else array).tolist()
+
+
+def _extremes(trace: RoutingTrace, data: ImageSet) -> dict[str, list[dict[str, Any]]]:
+    # Stable sorts: among equal costs (static models) the lowest indices come first.
+    flops = trace.flops.numpy()
+    cheapest, dearest = np.argsort(flops, kind="stable"), np.argsort(-flops, kind="stable")
+    preds = trace.preds.cpu()
+
+    def item(i: int) -> dict[str, Any]:
+        return {
+            "index": i,
+            "label": int(data.labels[i]),
+            "pred": int(preds[i]),
+            "flops": int(trace.flops[i]),
+            "pixels": _pixels(data.images[i]),
+        }
+
+    return {
+        "cheapest": [item(int(i)) for i in cheapest[:NUM_EXTREMES]],
+        "most_expensive": [item(int(i)) for i in dearest[:NUM_EXTREMES]],
+    }
+
+
+def evaluate(
+    checkpoint: Checkpoint,
+    data: ImageSet,
+    threshold: float | None = None,
+    top_k: int | None = None,
+    batch_size: int = 256,
+    *,
+    split: str = "test",
+    sweep: Sequence[float] | None = SWEEP_THRESHOLDS,
+) -> dict[str, Any]:
+    """Accuracy, per-image cost and routing statistics of ``checkpoint`` on ``data``.
+
+    Args:
+        threshold, top_k: routing policy for DRNets (default: the checkpoint's own);
+            static models (MobileNetV2) accept neither.
+        split: recorded in the result only.
+        sweep: thresholds to also evaluate (routed DRNets only; the policy's own
+            threshold is added); None or empty skips the sweep.
+
+    Returns:
+        The ``eval.json`` dict (see README "Evaluation"): totals, ``per_class``,
+        ``branch_usage``, ``cell_usage``, ``extremes`` and ``sweep``.
+
+    Example:
+        >>> result = evaluate(load_checkpoint("assets/models/drnet"), load_dataset("fashion-mnist", "test"))
+    """
+    check_compatible(checkpoint, data)
+    if len(data) == 0:
+        raise EvaluationError(f"data set {data.name!r} has no images to evaluate")
+    model = checkpoint.model.eval()
+    saved_policy = getattr(model, "policy", None)
+    if saved_policy is None and (threshold is not None or top_k is not None):
+        raise EvaluationError(f"{checkpoint.name} is a static network: --threshold and --top-k apply to DRNets only")
+    channels = data.images.shape[-1]
+    default_mean, default_std = normalization(data.name, channels)
+    mean = checkpoint.training.get("mean", default_mean)
+    std = checkpoint.training.get("std", default_std)
+    policy = None
+    if saved_policy is not None:
+        policy = RoutingPolicy(
+            saved_policy.threshold if threshold is None else threshold, saved_policy.top_k if top_k is None else top_k
+        )
+    try:
+        started = time.perf_counter()
+        if policy is not None:
+            model.policy = policy
+        trace = run_traces(model, data, mean, std, batch_size)
+        seconds = time.perf_counter() - started
+        sweep_rows = []
+        if policy is not None and is_routed(model) and sweep:
+            for t in sorted({*sweep, policy.threshold}):
+                model.policy = RoutingPolicy(t, policy.top_k)
+                swept = trace if t == policy.threshold else run_traces(model, data, mean, std, batch_size)
+                sweep_rows.append({"threshold": float(t), **_summary(swept, data.labels)})
+    finally:
+        if saved_policy is not None:
+            model.policy = saved_policy
+    flops = trace.flops.double().numpy()
+    totals = _summary(trace, data.labels)
+    by_class, by_cell = _branch_usage(trace, data.labels, checkpoint.class_names)
+    return {
+        "model": checkpoint.name,
+        "dataset": data.name,
+        "split": split,
+        "n": len(data),
+        "threshold": policy.threshold if policy else None,
+        "top_k": policy.top_k if policy else None,
+        "accuracy": totals["accuracy"],
+        "flops_mean": totals["flops_mean"],
+        "flops_p50": float(np.percentile(flops, 50)),
+        "flops_p90": float(np.percentile(flops, 90)),
+        "flops_p99": float(np.percentile(flops, 99)),
+        "flops_min": int(flops.min()),
+        "flops_max": int(flops.max()),
+        "params_used_mean": totals["params_used_mean"],
+        "dense_flops": int(trace.dense_flops),
+        "dense_params": int(trace.dense_params),
+        "seconds": seconds,
+        "per_class": _per_class(trace, data.labels, checkpoint.class_names),
+        "branch_usage": by_class,
+        "cell_usage": by_cell,
+        "extremes": _extremes(trace, data),
+        "sweep": sweep_rows,
+    }
+
+
+def sweep_csv(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(SWEEP_COLUMNS), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def format_summary(result: dict[str, Any]) -> str:
+    """A readable report: totals, per-class accuracy and FLOPs (cheapest class first), the sweep."""
+    m = 1e6
+    lines = [
+        f"{result['model']} on {result['dataset']} {result['split']} ({result['n']} images)"
+        + (f", threshold {result['threshold']}" if result["threshold"] is not None else "")
+        + (f", top-k {result['top_k']}" if result["top_k"] is not None else ""),
+        f"accuracy            {result['accuracy']:.4f}",
+        f"MFLOPs (2×MACs)     mean {result['flops_mean'] / m:.3f}  p50 {result['flops_p50'] / m:.3f}  "
+        f"p90 {result['flops_p90'] / m:.3f}  p99 {result['flops_p99'] / m:.3f}  "
+        f"min {result['flops_min'] / m:.3f}  max {result['flops_max'] / m:.3f}",
+        f"                    dense network {result['dense_flops'] / m:.3f} "
+        f"({result['flops_mean'] / result['dense_flops']:.1%} used on average)",
+        f"params used         mean {result['params_used_mean']:,.0f} of {result['dense_params']:,} "
+        f"({result['params_used_mean'] / result['dense_params']:.1%})",
+        f"time                {result['seconds']:.1f} s",
+        "",
+        "per class, cheapest first:",
+        f"  {'class':<14} {'n':>6} {'accuracy':>9} {'MFLOPs (2×MACs)':>16} {'vs mean':>8}",
+    ]
+    for row in sorted(result["per_class"], key=lambda r: r["flops_mean"]):
+        lines.append(
+            f"  {row['class']:<14} {row['n']:>6} {row['accuracy']:>9.4f} {row['flops_mean'] / m:>16.3f} "
+            f"{row['flops_mean'] / result['flops_mean'] - 1:>+8.1%}"
+        )
+    if result["sweep"]:
+        lines += ["", "threshold sweep:", f"  {'threshold':>9} {'accuracy':>9} {'MFLOPs (2×MACs)':>16} {'params used':>12}"]
+        for row in result["sweep"]:
+            lines.append(
+                f"  {row['threshold']:>9.2f} {row['accuracy']:>9.4f} {row['flops_mean'] / m:>16.3f} "
+                f"{row['params_used_mean']:>12,.0f}"
+            )
+    return "\n".join(lines)
+
+
+def write_results(out: Path, result: dict[str, Any]) -> list[Path]:
+    """Write ``eval.json`` (and ``sweep.csv`` when there is a sweep) atomically into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "eval.json", json.dumps(result, indent=1))
+    written = [out / "eval.json"]
+    if result["sweep"]:
+        atomic_write_text(out / "sweep.csv", sweep_csv(result["sweep"]))
+        written.append(out / "sweep.csv")
+    return written
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    checkpoint = load_checkpoint(args.checkpoint)
+    name = args.data or checkpoint.training.get("dataset", "fashion-mnist")
+    data = load_dataset(name, args.split, args.data_root).subset(args.limit)
+    result = evaluate(
+        checkpoint, data, args.threshold, args.top_k, args.batch_size,
+        split=args.split, sweep=SWEEP_THRESHOLDS if args.sweep else None,
+    )  # fmt: skip
+    written = write_results(Path(args.out), result) if args.out else []
+    print(json.dumps(result) if args.json else format_summary(result))
+    if written and not args.json:
+        print("\nwrote " + ", ".join(map(str, written)))
+    return 0
+
+
+def _threshold(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``drnets eval``."""
+    p = sub.add_parser("eval", help="accuracy, per-image FLOPs, routing statistics and the threshold sweep")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (model.safetensors + config.json)")
+    p.add_argument("--data", choices=DATASETS, default=None, help="data set (default: the one it was trained on)")
+    p.add_argument("--data-root", default=None, help="data folder (default: the Debian Fashion-MNIST files)")
+    p.add_argument("--split", choices=("train", "test"), default="test")
+    p.add_argument("--limit", type=_positive, default=None, help="evaluate only the first N images")
+    p.add_argument("--threshold", type=_threshold, default=None, help="routing threshold t (default: the model's)")
+    p.add_argument("--top-k", type=_positive, default=None, help="keep at most k branches per edge")
+    p.add_argument("--batch-size", type=_positive, default=256)
+    p.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=True,
+                   help=f"also evaluate thresholds {', '.join(map(str, SWEEP_THRESHOLDS))} (DRNets)")  # fmt: skip
+    p.add_argument("--out", default=None, help="folder to write eval.json (and sweep.csv) into")
+    p.add_argument("--json", action="store_true", help="print the eval.json content instead of a summary")
+    p.set_defaults(func=cmd_eval)

@@ -1,0 +1,137 @@
+"""``drnets predict``: classify image files with a checkpoint, preprocessed exactly as app uploads are.
+
+Each file is read, checked and prepared on its own, so one unreadable file costs only its
+own line. Exit status: 0 if at least one image was classified, 1 if none was (every file
+failed), 2 for bad flags or an unusable checkpoint (argparse's and ``cli.main``'s code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from .router import RoutingPolicy
+from .upload import UploadError, check_size, prepare_upload
+
+MAX_BYTES = 20_000_000  # same limit as the app's uploads
+
+
+def preprocessing(checkpoint: Checkpoint) -> tuple[tuple[int, int, int], tuple[float, ...], tuple[float, ...]]:
+    """(input_size, mean, std) from the checkpoint's training metadata."""
+    training = checkpoint.training
+    try:
+        input_size = tuple(int(v) for v in training["input_size"])
+        mean = tuple(float(v) for v in training["mean"])
+        std = tuple(float(v) for v in training["std"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(
+            f"{checkpoint.path}: config.json has no usable training metadata (input_size, mean, std), "
+            "so images cannot be preprocessed the way the model was trained"
+        ) from None
+    if len(input_size) != 3 or input_size[0] != checkpoint.model.config.in_channels:
+        raise CheckpointError(
+            f"{checkpoint.path}: training input_size {list(input_size)} does not fit a model with "
+            f"{checkpoint.model.config.in_channels} input channels"
+        )
+    return input_size, mean, std  # type: ignore[return-value]
+
+
+def read_upload(path: Path, max_bytes: int = MAX_BYTES) -> bytes:
+    """The file's bytes; a file over ``max_bytes`` is refused before it is read."""
+    check_size(path.stat().st_size, max_bytes)
+    with open(path, "rb") as fh:
+        return fh.read(max_bytes + 1)
+
+
+def predict_file(checkpoint: Checkpoint, path: Path, top_k: int = 3) -> dict[str, Any]:
+    """One JSON-ready result: the prediction and its cost, or ``{file, error}``."""
+    input_size, mean, std = preprocessing(checkpoint)
+    try:
+        prepared = prepare_upload(read_upload(path), input_size, mean, std)
+    except UploadError as err:
+        return {"file": str(path), "error": str(err)}
+    except OSError as err:  # missing file, a directory, no permission
+        return {"file": str(path), "error": f"cannot read the file: {err.strerror or err}"}
+    with torch.inference_mode():
+        _, trace = checkpoint.model(prepared.tensor)
+    probs = trace.probs[0]
+    top = probs.topk(min(top_k, len(probs)))
+    names = checkpoint.class_names
+    return {
+        "file": str(path),
+        "top1": names[int(top.indices[0])],
+        "probability": float(top.values[0]),
+        "flops": int(trace.flops[0]),
+        "params": int(trace.params[0]),
+        "dense_flops": int(trace.dense_flops),
+        "dense_params": int(trace.dense_params),
+        "topk": [{"class": names[int(i)], "probability": float(p)} for p, i in zip(top.values, top.indices)],
+        "notes": prepared.notes,
+    }
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    checkpoint = load_checkpoint(args.checkpoint)
+    if args.threshold is not None:
+        if not hasattr(checkpoint.model, "policy"):
+            raise ValueError(f"--threshold applies to routed models; this checkpoint is a static {checkpoint.name}")
+        checkpoint.model.policy = RoutingPolicy(args.threshold, checkpoint.model.policy.top_k)
+    results = [predict_file(checkpoint, Path(p), args.top_k) for p in args.images]
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for row in results:
+            _print_result(row)
+    return 0 if any("error" not in row for row in results) else 1
+
+
+def _print_result(row: dict[str, Any]) -> None:
+    if "error" in row:
+        print(f"drnets predict: {row['file']}: error: {row['error']}", file=sys.stderr)
+        return
+    print(f"{row['file']}: {row['top1']} ({row['probability']:.1%})")
+    print("  top-{}: {}".format(len(row["topk"]), ", ".join(f"{t['class']} {t['probability']:.1%}" for t in row["topk"])))
+    print(
+        f"  FLOPs (2×MACs): {row['flops']:,} of {row['dense_flops']:,} dense ({row['flops'] / row['dense_flops']:.1%}); "
+        f"params used: {row['params']:,} of {row['dense_params']:,}"
+    )
+    if row["notes"]:
+        print(f"  preprocessing: {'; '.join(row['notes'])}")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _unit_float(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {value}")
+    return value
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``drnets predict`` on the main parser's subcommands."""
+    p = sub.add_parser(
+        "predict",
+        help="classify image files with a checkpoint (top-k classes, per-image FLOPs)",
+        description="Classify images with the preprocessing the app uses for uploads (a photo on a light "
+        "background is inverted, cropped and centred into Fashion-MNIST form).",
+        epilog="Exit status: 0 if at least one image was classified, 1 if every file failed, 2 for bad flags "
+        "or an unusable checkpoint.",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, WebP, GIF, BMP or TIFF files")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (model.safetensors + config.json)")
+    p.add_argument("--top-k", type=_positive_int, default=3, help="how many classes to list (default 3)")
+    p.add_argument("--threshold", type=_unit_float, default=None, help="routing threshold t for a DRNet")
+    p.add_argument("--json", action="store_true", help="print one JSON list, one object per image")
+    p.set_defaults(func=cmd_predict)
