@@ -169,7 +169,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_dir():
         raise CheckpointError(f"checkpoint folder {path} does not exist")
     meta = _read_config(path)
-    shapes = _read_header(path / WEIGHTS, meta)
     # Check the config against the weights on a shape-only skeleton first, so a hostile
     # config (say, channels=10**6) is refused before it can allocate anything.
     with torch.device("meta"):
@@ -182,7 +181,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path / CONFIG}: class_names has {len(class_names)} entries but the model has "
             f"{skeleton.config.num_classes} classes"
         )
-    _check_state(skeleton, shapes, path / WEIGHTS)
+    _check_state(skeleton, _read_header(path / WEIGHTS, meta), path / WEIGHTS)
     model = _build(meta, path)
     model.load_state_dict(_read_weights(path / WEIGHTS))
     model.to(map_location).eval()

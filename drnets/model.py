@@ -15,7 +15,7 @@ from torch import nn
 
 from .cell import Cell, Execution
 from .cost import CostTable, static_cost_table
-from .ops import PRIMITIVES, conv_flops, conv_output_size, param_count, sequential_flops
+from .ops import PRIMITIVES, param_count, sequential_flops
 from .router import RoutingPolicy
 from .trace import RoutingTrace
 

@@ -96,9 +96,11 @@ def _print_result(row: dict[str, Any]) -> None:
         print(f"drnets predict: {row['file']}: error: {row['error']}", file=sys.stderr)
         return
     print(f"{row['file']}: {row['top1']} ({row['probability']:.1%})")
-    print("  top-{}: {}".format(len(row["topk"]), ", ".join(f"{t['class']} {t['probability']:.1%}" for t in row["topk"])))
+    ranked = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in row["topk"])
+    print(f"  top-{len(row['topk'])}: {ranked}")
+    share = row["flops"] / row["dense_flops"]
     print(
-        f"  FLOPs (2×MACs): {row['flops']:,} of {row['dense_flops']:,} dense ({row['flops'] / row['dense_flops']:.1%}); "
+        f"  FLOPs (2×MACs): {row['flops']:,} of {row['dense_flops']:,} dense ({share:.1%}); "
         f"params used: {row['params']:,} of {row['dense_params']:,}"
     )
     if row["notes"]:

@@ -166,13 +166,20 @@ def weights_digest(model: nn.Module) -> str:
 
 
 def average_buffers(model: nn.Module, world_size: int) -> None:
-    """Average batch-norm running statistics over the ranks (integer counters stay integers)."""
+    """Average batch-norm running statistics over the ranks (integer counters stay integers).
+
+    One all-reduce per dtype: a tiny model has hundreds of buffers, and one collective each
+    would cost more than the epoch.
+    """
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
     for buffer in model.buffers():
-        dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
-        if buffer.is_floating_point():
-            buffer.div_(world_size)
-        else:
-            buffer.floor_divide_(world_size)
+        by_dtype.setdefault(buffer.dtype, []).append(buffer)
+    for dtype, buffers in by_dtype.items():
+        flat = torch.cat([b.detach().reshape(-1) for b in buffers])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat = flat / world_size if dtype.is_floating_point else flat // world_size
+        for buffer, part in zip(buffers, flat.split([b.numel() for b in buffers])):
+            buffer.copy_(part.view_as(buffer))
 
 
 def _check_ranks_agree(model: nn.Module, epoch: int) -> None:
@@ -197,7 +204,10 @@ def _save_state(path: Path, model: nn.Module, optimizer, scheduler, epoch: int, 
 def _load_state(path: Path, cfg: TrainConfig) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"--resume: no {STATE_FILE} in {path.parent}; start without --resume")
-    state = torch.load(path, map_location="cpu", weights_only=True)  # never runs pickled code
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never runs pickled code
+    except Exception as err:  # truncated, foreign or code-carrying files fail in many ways
+        raise ValueError(f"--resume: {path} is not a readable drnets training state: {err}") from None
     saved = json.loads(state.get("recipe", "{}"))
     changed = [k for k, v in asdict(cfg).items() if k in saved and saved[k] != v and k not in RESUMABLE_CHANGES]
     if changed:
@@ -223,6 +233,7 @@ def fit(
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ValueError(f"epochs and batch size must be >= 1, got {cfg.epochs} and {cfg.batch_size}")
     out = Path(cfg.out)
+    state = _load_state(out / STATE_FILE, cfg) if resume else None  # fail before the data loads
     seed_everything(cfg.seed)
     data = load_dataset(cfg.data, "train", cfg.data_root).subset(cfg.limit)
     channels, h, w = data.images.shape[-1], data.images.shape[1], data.images.shape[2]
@@ -234,9 +245,7 @@ def fit(
     total_steps = per_epoch * cfg.epochs
     optimizer, scheduler = build_optimizer(cfg, model, total_steps)
     start_epoch, history = 0, []
-    state_path = out / STATE_FILE
-    if resume:
-        state = _load_state(state_path, cfg)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -300,7 +309,7 @@ def fit(
         }
         history.append(row)
         if ctx.is_main:
-            _save_state(state_path, model, optimizer, scheduler, epoch + 1, history, cfg)
+            _save_state(out / STATE_FILE, model, optimizer, scheduler, epoch + 1, history, cfg)
             save_checkpoint(
                 out / "model", model, cfg.model, data.class_names,
                 {"dataset": cfg.data, "mean": list(mean), "std": list(std), "input_size": [channels, h, w],

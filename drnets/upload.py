@@ -36,10 +36,14 @@ ELONGATED = 10  # aspect ratios beyond this get a note: the object ends up a few
 HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 EXIF_ORIENTATION = 0x0112
 # Leading bytes of common non-images, to say what a refused file looks like.
-NON_IMAGES = ((b"%PDF", "a PDF document"), (b"<svg", "an SVG drawing"), (b"<?xml", "an XML/SVG document"),
-              (b"<!doctype html", "an HTML page"), (b"<html", "an HTML page"), (b"pk\x03\x04", "a ZIP archive"))  # fmt: skip
-IMAGE_SIGNATURES = ((b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
-                    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))  # fmt: skip
+NON_IMAGES = (
+    (b"%PDF", "a PDF document"), (b"<svg", "an SVG drawing"), (b"<?xml", "an XML/SVG document"),
+    (b"<!doctype html", "an HTML page"), (b"<html", "an HTML page"), (b"pk\x03\x04", "a ZIP archive"),
+)  # fmt: skip
+IMAGE_SIGNATURES = (
+    (b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+)  # fmt: skip
 
 
 class UploadError(ValueError):
@@ -93,8 +97,6 @@ def prepare_upload(
     channels, height, width = _check_input_size(input_size, mean, std)
     notes: list[str] = []
     image = _decode(data, max_bytes, max_pixels, notes)
-    if max(image.size) > ELONGATED * min(image.size):
-        notes.append(f"the image is very elongated ({image.width}x{image.height}); the object ends up a few pixels thin")
     original = image.convert("RGB")
     original.thumbnail((DISPLAY_SIZE, DISPLAY_SIZE))
     if channels == 1:
@@ -143,6 +145,9 @@ def _decode(data: bytes, max_bytes: int, max_pixels: int, notes: list[str]) -> I
         if image.format == "JPEG":
             image.draft(None, (WORK_SIZE, WORK_SIZE))  # libjpeg decodes at 1/2, 1/4 or 1/8 scale: less memory
         image.load()
+    aspect = max(image.size) / min(image.size)
+    if aspect > ELONGATED:
+        notes.append(f"the image is very elongated ({aspect:.0f}:1); the object ends up a few pixels thin")
     _apply_exif_rotation(image, notes)
     return _to_8bit(image, notes)
 
@@ -159,7 +164,7 @@ def _refuse_bad_data(max_pixels: int) -> Iterator[None]:
             f"the image declares far more pixels than the limit of {max_pixels / 1e6:g} megapixels "
             "(a possible decompression bomb); refused without decoding it"
         ) from None
-    except Exception as err:  # Pillow's decoders raise many types (OSError, SyntaxError, EOFError, ...) on bad data
+    except Exception as err:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, EOFError, ... on bad data
         raise UploadError(f"the file is truncated or corrupt ({err})") from None
 
 
@@ -204,7 +209,7 @@ def _apply_exif_rotation(image: Image.Image, notes: list[str]) -> None:
         if orientation in range(2, 9):
             ImageOps.exif_transpose(image, in_place=True)
             notes.append(f"applied EXIF rotation (orientation {orientation})")
-    except Exception:  # a malformed EXIF block must not cost the user their upload
+    except Exception:  # noqa: BLE001 - a malformed EXIF block must not cost the user their upload
         notes.append("ignored unreadable EXIF data")
 
 
@@ -220,7 +225,9 @@ def _to_8bit(image: Image.Image, notes: list[str]) -> Image.Image:
         try:
             image = image.convert("L" if image.mode == "1" else "RGB")
         except ValueError:
-            raise UploadError(f"images in colour mode {image.mode} are not supported; save it as RGB or grayscale") from None
+            raise UploadError(
+                f"images in colour mode {image.mode} are not supported; save it as RGB or grayscale"
+            ) from None
     image.thumbnail((WORK_SIZE, WORK_SIZE))
     return image
 
@@ -270,7 +277,7 @@ def fashion_form(gray: np.ndarray, size: tuple[int, int], notes: list[str]) -> n
     peak = float(crop.max())
     if background > 0 and peak > TRIM_TOLERANCE:  # background -> 0, brightest object pixel -> 255
         crop *= 255.0 / peak
-    if min(crop.shape) < min(size):
+    if crop.shape[0] < size[0] and crop.shape[1] < size[1]:
         notes.append(f"upscaled a {crop.shape[1]}x{crop.shape[0]} region")
     return _fit(crop, size)
 

@@ -1,0 +1,29 @@
+"""Entry file of the Streamlit app: page setup, the shared sidebar and the page router.
+
+Start it with ``python -m app.launch`` (or ``make run``) so that streamlit_config.toml is in force.
+"""
+
+import sys
+from pathlib import Path
+
+# `streamlit run app/main.py` puts app/ on sys.path, not the repository root that `app.*` lives in.
+ROOT = str(Path(__file__).resolve().parent.parent)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import streamlit as st  # noqa: E402
+
+from app import sidebar, state  # noqa: E402
+
+st.set_page_config(page_title="DRNet explorer", page_icon=":material/alt_route:", layout="wide")
+state.init()
+page = st.navigation(
+    [
+        st.Page("views/inspect.py", title="Inspect an image", icon=":material/image_search:", default=True),
+        st.Page("views/attributions.py", title="Attributions", icon=":material/visibility:"),
+        st.Page("views/explorer.py", title="Data-set explorer", icon=":material/query_stats:"),
+        st.Page("views/teaching.py", title="How a DRNet works", icon=":material/school:"),
+    ]
+)
+sidebar.render()
+page.run()

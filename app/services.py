@@ -1,0 +1,355 @@
+"""What the pages ask of the models: loading, cached inference, evaluation results.
+
+Models load once per process (``st.cache_resource``) and are shared by every session, so
+nothing here mutates them: a routing policy is applied to a shallow copy (``routed``), and
+attributions run on the private copy ``drnets.attribution.attribute`` makes. Derived data is
+cached per image hash and settings (``st.cache_data``); arguments starting with ``_`` are
+not hashed, their identity is carried by the key arguments next to them.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+import torch
+from torch import nn
+
+from drnets.attribution import Attribution, attribute
+from drnets.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from drnets.data import normalization, to_input
+from drnets.device import describe, pick_device
+from drnets.model import DRNet
+from drnets.router import RoutingPolicy
+from drnets.trace import RoutingTrace
+from drnets.upload import PreparedImage, prepare_upload
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_NAMES = ("drnet", "mobilenetv2", "dense")
+LABELS = {"drnet": "DRNet", "mobilenetv2": "MobileNetV2", "dense": "Dense supernet"}
+LATENCY_RUNS = 3  # median of a few batch-1 forwards; the first call of a new shape is slower
+
+
+def default_models_dir() -> str:
+    """The shipped models, unless DRNETS_MODELS_DIR points elsewhere (tests, your own runs)."""
+    return os.environ.get("DRNETS_MODELS_DIR") or str(ROOT / "assets" / "models")
+
+
+def samples_dir() -> Path:
+    return Path(os.environ.get("DRNETS_SAMPLES_DIR") or ROOT / "assets" / "samples")
+
+
+def list_samples() -> list[str]:
+    """Sample file names (``<class>_<n>.png``), sorted; empty when there are none."""
+    folder = samples_dir()
+    return sorted(p.name for p in folder.glob("*.png")) if folder.is_dir() else []
+
+
+def read_sample(name: str) -> bytes:
+    path = samples_dir() / Path(name).name  # a name from list_samples, never a path
+    return path.read_bytes()
+
+
+# ---- models ----
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """The models found in one folder, the problems with the others, and the input format they share."""
+
+    directory: Path
+    device: torch.device
+    checkpoints: dict[str, Checkpoint]
+    problems: dict[str, str]
+    class_names: list[str] = field(default_factory=list)
+    input_size: tuple[int, int, int] = (1, 28, 28)
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+
+    @property
+    def key(self) -> str:
+        """Identity for st.cache_data: the folder and the device."""
+        return f"{self.directory}|{self.device}"
+
+    @property
+    def device_text(self) -> str:
+        return describe(self.device)
+
+    def get(self, name: str) -> Checkpoint | None:
+        return self.checkpoints.get(name)
+
+    def drnet(self) -> DRNet | None:
+        ckpt = self.get("drnet")
+        return ckpt.model if ckpt is not None else None
+
+
+def _checkpoint_folder(directory: Path, name: str) -> Path:
+    """``<dir>/<name>``, or ``<dir>/<name>/model`` as the training CLI writes it under runs/."""
+    folder = directory / name
+    if not (folder / "config.json").is_file() and (folder / "model" / "config.json").is_file():
+        return folder / "model"
+    return folder
+
+
+def _input_format(ckpt: Checkpoint) -> tuple[tuple[int, int, int], tuple[float, ...], tuple[float, ...]]:
+    channels = ckpt.model.config.in_channels
+    training = ckpt.training
+    size = tuple(training.get("input_size") or (channels, 28, 28))
+    default_mean, default_std = normalization(training.get("dataset", "fashion-mnist"), channels)
+    return size, tuple(training.get("mean") or default_mean), tuple(training.get("std") or default_std)  # type: ignore[return-value]
+
+
+@st.cache_resource(show_spinner="Loading models…", max_entries=4)
+def load_models(directory: str, device: str = "") -> ModelSet:
+    """Load drnet, mobilenetv2 and dense from ``directory``; DRNet sets the input format the others must share."""
+    folder = Path(directory).expanduser()
+    target = pick_device(device or None)
+    loaded: dict[str, Checkpoint] = {}
+    problems: dict[str, str] = {}
+    if not folder.is_dir():
+        return ModelSet(folder, target, {}, {name: f"folder {folder} does not exist" for name in MODEL_NAMES})
+    for name in MODEL_NAMES:
+        path = _checkpoint_folder(folder, name)
+        if not path.exists():
+            problems[name] = f"no {LABELS[name]} checkpoint: {path} does not exist"
+            continue
+        try:
+            ckpt = load_checkpoint(path, map_location=target)
+        except CheckpointError as err:
+            problems[name] = str(err)
+            continue
+        if ckpt.name != name:
+            problems[name] = f"{path} holds a {ckpt.name!r} checkpoint, expected {name!r}"
+            continue
+        loaded[name] = ckpt
+    if "drnet" not in loaded:
+        return ModelSet(folder, target, loaded, problems)
+    reference = loaded["drnet"]
+    size, mean, std = _input_format(reference)
+    for name in [n for n in loaded if n != "drnet"]:
+        if loaded[name].class_names != reference.class_names or _input_format(loaded[name])[0] != size:
+            problems[name] = f"{LABELS[name]} was trained on other classes or image sizes than the DRNet; left out"
+            del loaded[name]
+    return ModelSet(folder, target, loaded, problems, reference.class_names, size, mean, std)
+
+
+def routed(model: nn.Module, policy: RoutingPolicy | None) -> nn.Module:
+    """The model with ``policy`` in force, without touching the shared instance.
+
+    A shallow copy has its own ``__dict__`` (so its own ``policy``) but shares every
+    parameter and buffer: no memory is copied and other sessions keep their policy.
+    """
+    if policy is None or not isinstance(model, DRNet) or not model.config.dynamic:
+        return model
+    view = copy.copy(model)
+    view.policy = policy
+    return view
+
+
+# ---- one image ----
+
+
+@dataclass
+class ModelRun:
+    """One model's answer for one image, detached from autograd and on the CPU (picklable for st.cache_data)."""
+
+    name: str
+    probs: np.ndarray
+    trace: RoutingTrace
+    seconds: float
+
+    @property
+    def pred(self) -> int:
+        return int(self.probs.argmax())
+
+    @property
+    def flops(self) -> int:
+        return int(self.trace.flops[0])
+
+    @property
+    def params(self) -> int:
+        return int(self.trace.params[0])
+
+
+def _detach(trace: RoutingTrace) -> RoutingTrace:
+    return RoutingTrace.concat([trace])  # concat detaches and moves every tensor to the CPU
+
+
+def _run(model: nn.Module, x: torch.Tensor, name: str) -> ModelRun:
+    timings = []
+    with torch.inference_mode():
+        for _ in range(LATENCY_RUNS):
+            started = time.perf_counter()
+            logits, trace = model(x)
+            if x.device.type == "cuda":
+                torch.cuda.synchronize(x.device)
+            timings.append(time.perf_counter() - started)
+    return ModelRun(name, trace.probs[0].cpu().numpy(), _detach(trace), statistics.median(timings))
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def prepare(digest: str, _data: bytes, input_size: tuple[int, int, int], mean: tuple, std: tuple, max_bytes: int) -> PreparedImage:
+    """Preprocess an upload once per content hash; ``UploadError`` propagates (and is not cached)."""
+    return prepare_upload(_data, input_size=input_size, mean=mean, std=std, max_bytes=max_bytes)
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def run_model(
+    _models: ModelSet, models_key: str, digest: str, _x: torch.Tensor, name: str, threshold: float, top_k: int | None
+) -> ModelRun:
+    """One model on one image; only DRNet depends on the routing settings."""
+    model = routed(_models.get(name).model, RoutingPolicy(threshold, top_k) if name == "drnet" else None)
+    return _run(model, _x.to(_models.device), name)
+
+
+def run_all(models: ModelSet, digest: str, x: torch.Tensor, threshold: float, top_k: int | None) -> dict[str, ModelRun]:
+    """Every loaded model on one image; static models ignore (and are not re-run for) the threshold."""
+    runs = {}
+    for name in models.checkpoints:
+        t, k = (threshold, top_k) if name == "drnet" else (0.0, None)
+        runs[name] = run_model(models, models.key, digest, x, name, t, k)
+    return runs
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def explain(
+    _models: ModelSet, models_key: str, digest: str, _x: torch.Tensor, name: str, method: str, threshold: float, top_k: int | None
+) -> Attribution:
+    """An attribution with the route the image takes under these settings frozen (see drnets.attribution)."""
+    model = routed(_models.get(name).model, RoutingPolicy(threshold, top_k) if name == "drnet" else None)
+    black = float(np.mean([-m / s for m, s in zip(_models.mean, _models.std)]))  # a black image, normalised
+    return attribute(model, _x.to(_models.device), method, baseline=black)
+
+
+def dense_cell_flops(models: ModelSet) -> list[int] | None:
+    """FLOPs of each DRNet cell with every branch on, at the input size."""
+    model = models.drnet()
+    if model is None:
+        return None
+    _, h, w = models.input_size
+    table = model.cost_table(h, w)
+    return (table.cell_flops + table.branch_flops.sum(dim=(1, 2))).tolist()
+
+
+def branch_costs(models: ModelSet, cell: int = 0) -> pd.DataFrame:
+    """FLOPs and params of each candidate branch on the first edge of one cell (teaching mode)."""
+    model = models.drnet()
+    _, h, w = models.input_size
+    table = model.cost_table(h, w)
+    return pd.DataFrame(
+        {
+            "branch": list(model.config.branches),
+            "flops": table.branch_flops[cell, 0].tolist(),
+            "params": table.branch_params[cell, 0].tolist(),
+        }
+    )
+
+
+# ---- evaluation results (eval.json, sweep.csv) ----
+
+
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime if path.is_file() else 0.0
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _read_json(path: str, mtime: float) -> dict[str, Any] | None:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def load_eval(models: ModelSet, name: str) -> dict[str, Any] | None:
+    """``<model folder>/eval.json`` as written by ``drnets eval``, or None."""
+    path = _checkpoint_folder(models.directory, name) / "eval.json"
+    return _read_json(str(path), _mtime(path))
+
+
+def load_sweep(models: ModelSet) -> pd.DataFrame:
+    """DRNet's threshold sweep: sweep.csv, else eval.json's ``sweep``; empty if neither exists."""
+    path = _checkpoint_folder(models.directory, "drnet") / "sweep.csv"
+    if path.is_file():
+        try:
+            return pd.read_csv(path)
+        except (OSError, ValueError):
+            pass
+    evaluation = load_eval(models, "drnet") or {}
+    return pd.DataFrame(evaluation.get("sweep") or [], columns=["threshold", "accuracy", "flops_mean", "params_used_mean"])
+
+
+def sweep_point(sweep: pd.DataFrame, threshold: float) -> tuple[float, float] | None:
+    """(mean FLOPs, accuracy) at ``threshold``, interpolated between the sweep's thresholds."""
+    if sweep.empty:
+        return None
+    data = sweep.sort_values("threshold")
+    t = data["threshold"].to_numpy(dtype=float)
+    return float(np.interp(threshold, t, data["flops_mean"])), float(np.interp(threshold, t, data["accuracy"]))
+
+
+def run_pixels(models: ModelSet, pixels: list, threshold: float, top_k: int | None) -> ModelRun:
+    """DRNet on a raw uint8 test image from eval.json ``extremes`` ([H][W] or [H][W][C] nested lists)."""
+    images = torch.tensor(np.asarray(pixels, dtype=np.uint8))
+    if images.dim() == 2:
+        images = images.unsqueeze(-1)
+    x = to_input(images.unsqueeze(0), models.mean, models.std)
+    digest = "pixels:" + hashlib.sha256(images.numpy().tobytes()).hexdigest()
+    return run_model(models, models.key, digest, x, "drnet", threshold, top_k)
+
+
+# ---- the images a session looks at ----
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """An image the user uploaded or picked: its bytes, and their SHA-256 as the cache key."""
+
+    name: str
+    data: bytes
+    digest: str
+
+    @staticmethod
+    def of(name: str, data: bytes) -> "ImageSource":
+        return ImageSource(name, data, hashlib.sha256(data).hexdigest())
+
+
+@dataclass
+class Analysis:
+    """One image through every loaded model at the current settings."""
+
+    source: ImageSource
+    prepared: PreparedImage
+    runs: dict[str, ModelRun]
+
+
+def analyse(models: ModelSet, source: ImageSource, threshold: float, top_k: int | None, max_bytes: int) -> Analysis:
+    """Preprocess and run one image; raises ``UploadError`` for files that are not usable images."""
+    prepared = prepare(source.digest, source.data, models.input_size, models.mean, models.std, max_bytes)
+    return Analysis(source, prepared, run_all(models, source.digest, prepared.tensor, threshold, top_k))
+
+
+def cells_table(models: ModelSet) -> pd.DataFrame:
+    """One row per DRNet cell: its kind, width, edges and what it costs with every branch on (teaching mode)."""
+    model = models.drnet()
+    dense = dense_cell_flops(models)
+    return pd.DataFrame(
+        {
+            "cell": range(len(model.cells)),
+            "kind": ["reduction (½ size, 2× channels)" if c.reduction else "normal" for c in model.cells],
+            "channels per node": [c.channels for c in model.cells],
+            "edges": [len(c.edges) for c in model.cells],
+            "branches per edge": [len(c.branch_names) for c in model.cells],
+            "FLOPs with every branch": dense,
+        }
+    )

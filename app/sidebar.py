@@ -1,0 +1,103 @@
+"""The shared sidebar: which images, which routing settings, which models, on which device.
+
+It lives in the entry file so every page sees the same images and settings, and an upload
+survives switching pages.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import state
+from app.services import ModelSet, default_models_dir, list_samples, load_models
+
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"]
+MAX_THRESHOLD = 0.5  # above this almost every edge would be skipped
+TOP_K_CHOICES = [None, 1, 2, 3]
+
+
+def render() -> None:
+    """Draw the sidebar; the widgets' values land in st.session_state under the keys in app.state."""
+    with st.sidebar:
+        images_box, routing_box, models_box = st.container(), st.container(), st.container()
+        with models_box:
+            models = models_ui()
+        with images_box:
+            images_ui()
+        with routing_box:
+            routing_ui(models)
+
+
+def images_ui() -> None:
+    st.subheader("Image")
+    samples = list_samples()
+    st.selectbox(
+        "Sample from the test set",
+        [None, *samples],
+        index=1 if samples else 0,
+        format_func=lambda name: "none" if name is None else state.sample_label(name).removeprefix("sample: "),
+        placeholder="none",
+        key=state.SAMPLE,
+        help="Fashion-MNIST test images shipped with the app." if samples else "No samples found in assets/samples/.",
+    )
+    st.file_uploader(
+        "…or your own photos of garments",
+        type=UPLOAD_TYPES,
+        accept_multiple_files=True,
+        key=state.UPLOADS,
+        on_change=_clear_sample_on_upload,
+        help="A photo of one garment, bag or shoe on a plain background works best. Nothing is stored.",
+    )
+    sources = state.images()
+    if len(sources) > 1:
+        st.selectbox(
+            "Show details for",
+            [s.digest for s in sources],
+            format_func={s.digest: s.name for s in sources}.get,
+            key=state.FOCUS,
+        )
+
+
+def _clear_sample_on_upload() -> None:
+    """A fresh upload is what the user wants to see; they can pick a sample again next to it."""
+    if st.session_state.get(state.UPLOADS):
+        st.session_state[state.SAMPLE] = None
+
+
+def routing_ui(models: ModelSet) -> None:
+    st.subheader("Routing")
+    drnet = models.drnet()
+    default = min(drnet.config.threshold, MAX_THRESHOLD) if drnet is not None else 0.1
+    st.slider(
+        "Threshold t",
+        0.0,
+        MAX_THRESHOLD,
+        value=float(default),
+        step=0.01,
+        key=state.THRESHOLD,
+        help="A branch runs only if the router gives it a weight of at least t. Higher t: fewer branches, fewer FLOPs.",
+    )
+    st.selectbox(
+        "Branches per edge, at most",
+        TOP_K_CHOICES,
+        format_func=lambda k: "no limit" if k is None else str(k),
+        key=state.TOP_K,
+        help="Also keep only the k heaviest branches on every edge.",
+    )
+
+
+def models_ui() -> ModelSet:
+    with st.expander("Models and device"):
+        folder = st.text_input(
+            "Model folder",
+            value=default_models_dir(),
+            key=state.MODELS_DIR,
+            help="A folder with drnet/, mobilenetv2/ and dense/ checkpoints (e.g. assets/models, or runs/).",
+        )
+        models = load_models(folder.strip())
+        for name, ckpt in models.checkpoints.items():
+            st.caption(f"✓ {name}: {ckpt.path}")
+        for name, problem in models.problems.items():
+            st.caption(f"✗ {name}: {problem}")
+    st.caption(f"Device: {models.device_text}")
+    return models

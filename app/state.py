@@ -1,0 +1,60 @@
+"""Per-session state: widget keys, the keys set once per session, and what the sidebar chose.
+
+The image picker and the routing controls live in the shared sidebar, so every page sees
+the same images and settings; pages read them through ``settings()`` and ``images()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import streamlit as st
+
+from app.services import ImageSource, read_sample
+
+# Widget keys (the sidebar's widgets; tests find them by these keys).
+MODELS_DIR = "models_dir"
+SAMPLE = "sample"
+UPLOADS = "uploads"
+FOCUS = "focus"
+THRESHOLD = "threshold"
+TOP_K = "top_k"
+# Plain session keys, set once per session in init().
+SLOW_ATTRIBUTIONS = "slow_attributions"  # digests of images for which the user asked for IG and occlusion
+
+
+def init() -> None:
+    """Create the non-widget keys once per session."""
+    st.session_state.setdefault(SLOW_ATTRIBUTIONS, set())
+
+
+@dataclass(frozen=True)
+class Settings:
+    models_dir: str
+    threshold: float
+    top_k: int | None
+
+
+def settings() -> Settings:
+    return Settings(st.session_state[MODELS_DIR], float(st.session_state[THRESHOLD]), st.session_state[TOP_K])
+
+
+def images() -> list[ImageSource]:
+    """Uploaded files first, then the picked sample; the same content twice counts once."""
+    picked = [ImageSource.of(f.name, f.getvalue()) for f in st.session_state.get(UPLOADS) or []]
+    sample = st.session_state.get(SAMPLE)
+    if sample:
+        picked.append(ImageSource.of(sample_label(sample), read_sample(sample)))
+    unique = {source.digest: source for source in reversed(picked)}  # first occurrence wins
+    return [source for source in picked if unique[source.digest] is source]
+
+
+def focus(sources: list[ImageSource]) -> ImageSource | None:
+    """The image the detailed views show: the sidebar's choice, else the first one."""
+    chosen = st.session_state.get(FOCUS)
+    return next((s for s in sources if s.digest == chosen), sources[0] if sources else None)
+
+
+def sample_label(file_name: str) -> str:
+    """'Ankle-boot_2.png' -> 'sample: Ankle-boot 2'."""
+    return "sample: " + file_name.rsplit(".", 1)[0].replace("_", " ")

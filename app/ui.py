@@ -1,0 +1,72 @@
+"""Small pieces every page uses: friendly errors, number formats, pixel-exact image display."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from app.services import ModelSet
+
+log = logging.getLogger("drnets.app")
+FLOPS = "FLOPs (2×MACs)"  # the project's cost convention, named wherever a cost is shown
+
+
+@contextmanager
+def guard(doing: str) -> Iterator[None]:
+    """Log an unexpected error with its traceback and show a short message instead.
+
+    The rest of the page keeps running; Streamlit's own control flow (st.stop, reruns)
+    uses BaseException and passes through.
+    """
+    try:
+        yield
+    except Exception:
+        log.exception("error while %s", doing)
+        st.error(f"Something went wrong while {doing}. The details are in the server log; the rest of the page still works.")
+
+
+def require_drnet(models: ModelSet) -> None:
+    """Stop the page with a clear message when there is no usable DRNet in the chosen folder."""
+    if models.drnet() is not None:
+        return
+    st.error(
+        f"No usable DRNet in **{models.directory}**: {models.problems.get('drnet', 'not found')}. "
+        "Point the sidebar's *Model folder* at a folder holding drnet/ (and, for comparisons, "
+        "mobilenetv2/ and dense/) checkpoints, as `python -m drnets train` writes them."
+    )
+    st.stop()
+
+
+def si(value: float, unit: str = "") -> str:
+    """12_345_678 -> '12.3 M': three significant digits, SI prefix."""
+    for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g} {prefix}{unit}".rstrip()
+    return f"{value:.3g} {unit}".rstrip()
+
+
+def change(new: float, old: float) -> str:
+    """Relative change as a signed percentage for st.metric deltas ('-62%')."""
+    return f"{(new / old - 1):+.0%}" if old else "n/a"
+
+
+def pixelated(image: np.ndarray, size: int = 196) -> np.ndarray:
+    """Enlarge a tiny image by repeating pixels, so the browser does not blur 28x28 into mush."""
+    pixels = np.asarray(image, dtype=np.uint8)
+    factor = max(1, size // max(pixels.shape[:2]))
+    return pixels.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def verdict(model: str, answer: str, probability: float) -> None:
+    """'DRNet says / Sandal / 12% probability' in large type, readable on a projector."""
+    st.metric(f"{model} says", answer, f"{probability:.0%} probability", delta_color="off", delta_arrow="off")
+
+
+def chart(fig: go.Figure, key: str) -> None:
+    """A Plotly chart; its toolbar's camera icon saves a PNG in the browser."""
+    st.plotly_chart(fig, key=key, config={"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}})

@@ -1,0 +1,122 @@
+"""Data-set explorer: routing and cost over the whole test set, from each model's eval.json."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from app import figures, state, ui
+from app.services import LABELS, MODEL_NAMES, ModelSet, load_eval, load_models, run_pixels
+
+ALL_CELLS = "all cells"
+
+
+def main() -> None:
+    st.title("Data-set explorer")
+    st.caption("How DRNet routes the whole test set: which branches each class uses, what each class costs, and how it compares.")
+    models = load_models(state.settings().models_dir)
+    ui.require_drnet(models)
+    evals = {name: e for name in MODEL_NAMES if (e := load_eval(models, name))}
+    drnet = evals.get("drnet")
+    if drnet is None:
+        st.info(
+            f"No evaluation results next to the DRNet ({models.directory}/drnet/eval.json). Create them with "
+            "`python -m drnets eval --checkpoint <folder> --out <folder>` for each model."
+        )
+        return
+    st.caption(
+        f"{drnet['n']} {drnet['split']} images of {drnet['dataset']}; DRNet at its evaluation threshold "
+        f"t = {drnet['threshold']:.2f}" + (f", top-k {drnet['top_k']}" if drnet.get("top_k") else "") + "."
+    )
+    with ui.guard("building the headline table"):
+        headline_ui(evals)
+    with ui.guard("drawing the accuracy per class"):
+        ui.chart(
+            figures.class_accuracy_bars({LABELS[n]: pd.DataFrame(e["per_class"]) for n, e in evals.items() if n != "dense"}),
+            key="class_accuracy",
+        )
+    with ui.guard("drawing the FLOPs per class"):
+        ui.chart(figures.class_flops_bars(pd.DataFrame(drnet["per_class"]), dense_flops=drnet["dense_flops"]), key="class_flops")
+    with ui.guard("drawing the branch usage"):
+        usage_ui(drnet)
+    with ui.guard("re-running the cheapest and most expensive images"):
+        extremes_ui(drnet, models)
+
+
+def headline_ui(evals: dict[str, dict]) -> None:
+    st.markdown("#### Headline")
+    reference = evals.get("mobilenetv2")
+    rows = []
+    for name, e in evals.items():
+        row = {
+            "model": LABELS[name],
+            "accuracy": e["accuracy"],
+            f"mean {ui.FLOPS}": e["flops_mean"],
+            "mean params touched": e["params_used_mean"],
+        }
+        if reference:
+            row["FLOPs vs MobileNetV2"] = e["flops_mean"] / reference["flops_mean"]
+            row["params vs MobileNetV2"] = e["params_used_mean"] / reference["params_used_mean"]
+        rows.append(row)
+    st.dataframe(
+        pd.DataFrame(rows),
+        hide_index=True,
+        column_config={
+            "accuracy": st.column_config.NumberColumn(format="percent"),
+            f"mean {ui.FLOPS}": st.column_config.NumberColumn(format="compact"),
+            "mean params touched": st.column_config.NumberColumn(format="compact"),
+            "FLOPs vs MobileNetV2": st.column_config.NumberColumn(format="percent"),
+            "params vs MobileNetV2": st.column_config.NumberColumn(format="percent"),
+        },
+        key="headline_table",
+    )
+    st.caption("For comparison, the paper reports 31.01% of MobileNetV2's FLOPs and 8.70% of its parameters on CIFAR-10.")
+
+
+def usage_ui(drnet: dict) -> None:
+    st.markdown("#### Which branches run")
+    usage = pd.DataFrame(drnet.get("branch_usage") or [])
+    if usage.empty:
+        st.caption("No branch usage in eval.json.")
+        return
+    left, right = st.columns(2)
+    with left:
+        cells = sorted(usage["cell"].unique())
+        cell = st.selectbox("Cell", [ALL_CELLS, *cells], key="usage_cell", format_func=lambda c: c if c == ALL_CELLS else f"cell {c}")
+        shown = usage if cell == ALL_CELLS else usage[usage["cell"] == cell]
+        ui.chart(figures.branch_usage_heatmap(shown), key="usage_by_class")
+    with right:
+        ui.chart(figures.branch_usage_heatmap(pd.DataFrame(drnet.get("cell_usage") or [])), key="usage_by_cell")
+
+
+def extremes_ui(drnet: dict, models: ModelSet) -> None:
+    st.markdown("#### The cheapest and the most expensive test images")
+    extremes = drnet.get("extremes") or {}
+    columns = st.columns(2)
+    for column, (kind, title) in zip(columns, (("cheapest", "Cheapest"), ("most_expensive", "Most expensive"))):
+        items = extremes.get(kind) or []
+        with column:
+            st.markdown(f"**{title}**")
+            if not items:
+                st.caption("none recorded")
+                continue
+            index = st.radio(
+                "image",
+                range(len(items)),
+                format_func=lambda i, items=items: f"#{items[i]['index']} · {ui.si(items[i]['flops'])}",
+                horizontal=True,
+                key=f"extreme_{kind}",
+                label_visibility="collapsed",
+            )
+            item = items[index]
+            run = run_pixels(models, item["pixels"], drnet["threshold"], drnet.get("top_k"))
+            picture, text = st.columns([1, 2])
+            picture.image(ui.pixelated(item["pixels"], 112))
+            text.markdown(
+                f"true class **{models.class_names[item['label']]}**, DRNet said **{models.class_names[run.pred]}**  \n"
+                f"{ui.si(run.flops)} {ui.FLOPS}, {run.flops / run.trace.dense_flops:.0%} of the dense supernet"
+            )
+            ui.chart(figures.gate_heatmap(run.trace.branches_frame(), drnet["threshold"]), key=f"extreme_gates_{kind}")
+
+
+main()

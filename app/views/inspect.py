@@ -1,0 +1,259 @@
+"""Inspect: one or several images through DRNet, MobileNetV2 and the dense supernet, with the route DRNet took."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from app import export, figures, state, ui
+from app.services import (
+    LABELS,
+    Analysis,
+    ModelSet,
+    analyse,
+    dense_cell_flops,
+    load_eval,
+    load_models,
+    load_sweep,
+    sweep_point,
+)
+from drnets.upload import UploadError
+
+
+def main() -> None:
+    st.title("Inspect an image")
+    st.caption(
+        "For every image, DRNet's routers decide which branches of each cell run; skipped branches cost nothing. "
+        "Compare its answer and its cost with the static MobileNetV2 baseline and the dense supernet (every branch on)."
+    )
+    settings = state.settings()
+    models = load_models(settings.models_dir)
+    ui.require_drnet(models)
+    analyses = analyses_ui(models, settings)
+    if not analyses:
+        st.info("Pick a sample or upload a photo in the sidebar to see how DRNet routes it.", icon=":material/arrow_back:")
+        return
+    current = next(a for a in analyses if a.source is state.focus([a.source for a in analyses]))
+    if len(analyses) > 1:
+        summary_ui(analyses, models)
+    figs: dict[str, go.Figure] = {}
+    with ui.guard("drawing the predictions"):
+        figs |= image_ui(current, models)
+    with ui.guard("computing the costs"):
+        cost_ui(current, models)
+    with ui.guard("drawing the route"):
+        figs |= routing_ui(current, models, settings.threshold)
+    with ui.guard("drawing the accuracy-vs-FLOPs curve"):
+        figs |= sweep_ui(current, models, settings.threshold)
+    with ui.guard("preparing the downloads"):
+        export_ui(analyses, models, settings, figs)
+
+
+def analyses_ui(models: ModelSet, settings: state.Settings) -> list[Analysis]:
+    """Run every image; a file that is not a usable image gets its own error and is left out."""
+    max_bytes = int(st.get_option("server.maxUploadSize")) * 1024 * 1024
+    analyses = []
+    for source in state.images():
+        try:
+            with st.spinner(f"Running {source.name}…"):
+                analyses.append(analyse(models, source, settings.threshold, settings.top_k, max_bytes))
+        except UploadError as err:
+            st.error(f"**{source.name}** cannot be used: {err}", icon=":material/broken_image:")
+        except Exception:
+            ui.log.exception("analysing %s", source.name)
+            st.error(f"**{source.name}**: something went wrong while analysing it; the details are in the server log.")
+    return analyses
+
+
+def summary_ui(analyses: list[Analysis], models: ModelSet) -> None:
+    rows = []
+    for a in analyses:
+        drnet = a.runs["drnet"]
+        row = {"image": a.source.name, "DRNet says": models.class_names[drnet.pred], "confidence": drnet.probs.max()}
+        row[ui.FLOPS] = drnet.flops
+        if "dense" in a.runs:
+            row["vs dense"] = drnet.flops / a.runs["dense"].flops
+        if "mobilenetv2" in a.runs:
+            row["MobileNetV2 says"] = models.class_names[a.runs["mobilenetv2"].pred]
+        rows.append(row)
+    st.dataframe(
+        pd.DataFrame(rows),
+        hide_index=True,
+        column_config={
+            "confidence": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1),
+            "vs dense": st.column_config.NumberColumn(format="percent", help="DRNet's FLOPs as a share of the dense supernet's"),
+            ui.FLOPS: st.column_config.NumberColumn(format="compact"),
+        },
+        key="summary_table",
+    )
+    st.caption("Choose which image the views below show under *Show details for* in the sidebar.")
+
+
+def image_ui(a: Analysis, models: ModelSet) -> dict[str, go.Figure]:
+    st.subheader(a.source.name)
+    left, right = st.columns([1, 3], gap="large")
+    with left:
+        original, seen = st.columns(2)
+        original.image(a.prepared.original, caption="your image", width="stretch")
+        seen.image(ui.pixelated(a.prepared.seen), caption="what the model saw", width="stretch")
+        if a.prepared.notes:
+            st.caption("Preprocessing: " + "; ".join(a.prepared.notes) + ".")
+    figs = {}
+    with right:
+        columns = st.columns(len(a.runs))
+        for column, (name, run) in zip(columns, a.runs.items()):
+            fig = figures.prediction_bars(run.probs, models.class_names, top_k=3)
+            figs[f"predictions_{name}"] = fig
+            with column:
+                ui.verdict(LABELS[name], models.class_names[run.pred], float(run.probs.max()))
+                ui.chart(fig, key=f"pred_{name}")
+    return figs
+
+
+def cost_ui(a: Analysis, models: ModelSet) -> None:
+    drnet, dense, mobile = a.runs["drnet"], a.runs.get("dense"), a.runs.get("mobilenetv2")
+    st.markdown(f"#### What this image cost · {ui.FLOPS}")
+    cols = st.columns(4)
+    cols[0].metric(
+        "DRNet FLOPs",
+        ui.si(drnet.flops),
+        delta=f"{ui.change(drnet.flops, dense.flops)} vs dense" if dense else None,
+        delta_color="inverse",
+        help=f"{ui.FLOPS} of the branches that ran, plus stem, preprocessing, routers and classifier.",
+    )
+    cols[1].metric(
+        "DRNet params touched",
+        ui.si(drnet.params),
+        delta=f"{ui.change(drnet.params, dense.params)} vs dense" if dense else None,
+        delta_color="inverse",
+        help="Parameters of the layers that actually ran for this image.",
+    )
+    if mobile:
+        cols[2].metric(
+            "Share of MobileNetV2",
+            f"{drnet.flops / mobile.flops:.0%} FLOPs",
+            delta=f"{drnet.params / mobile.params:.0%} of its params",
+            delta_color="off",
+            delta_arrow="off",
+            help="The paper reports 31% of MobileNetV2's FLOPs and 8.7% of its params on CIFAR-10.",
+        )
+    cols[3].metric(
+        "DRNet latency",
+        f"{drnet.seconds * 1e3:.1f} ms",
+        delta=f"{ui.change(drnet.seconds, mobile.seconds)} vs MobileNetV2" if mobile else None,
+        delta_color="inverse",
+        help="Median of 3 runs at batch size 1 on this server; small models on a CPU are dominated by overheads.",
+    )
+    table = pd.DataFrame(
+        [
+            {
+                "model": LABELS[name],
+                "answer": f"{models.class_names[run.pred]} ({run.probs.max():.0%})",
+                ui.FLOPS: run.flops,
+                "FLOPs vs MobileNetV2": run.flops / mobile.flops if mobile else None,
+                "params touched": run.params,
+                "latency (ms)": run.seconds * 1e3,
+            }
+            for name, run in a.runs.items()
+        ]
+    )
+    st.dataframe(
+        table,
+        hide_index=True,
+        column_config={
+            ui.FLOPS: st.column_config.NumberColumn(format="compact"),
+            "params touched": st.column_config.NumberColumn(format="compact"),
+            "FLOPs vs MobileNetV2": st.column_config.NumberColumn(format="percent"),
+            "latency (ms)": st.column_config.NumberColumn(format="%.1f"),
+        },
+        key="cost_table",
+    )
+
+
+def routing_ui(a: Analysis, models: ModelSet, threshold: float) -> dict[str, go.Figure]:
+    st.markdown("#### The route DRNet took")
+    trace = a.runs["drnet"].trace
+    branches, cells = trace.branches_frame(), trace.cells_frame()
+    figs = {
+        "gates": figures.gate_heatmap(branches, threshold),
+        "route": figures.route_sankey(branches),
+        "cell_flops": figures.cell_flops_bars(cells, dense_cell_flops(models)),
+    }
+    gates, route, flops = st.tabs(["Gate weights", "Path through the cells", "FLOPs per cell"])
+    with gates:
+        st.caption(
+            "Each row is one edge of a cell, each column a candidate branch. The colour is the router's weight "
+            "for this image; ● marks the branches that ran, faded ones were skipped and never computed."
+        )
+        ui.chart(figs["gates"], key="gate_heatmap")
+    with route:
+        st.caption("Only the branches that ran, from the input through every cell to the classifier; wider links carry more weight.")
+        ui.chart(figs["route"], key="route_sankey")
+    with flops:
+        st.caption("What each cell spent on this image next to the same cell with every branch on (the dense supernet).")
+        ui.chart(figs["cell_flops"], key="cell_flops")
+    return figs
+
+
+def sweep_ui(a: Analysis, models: ModelSet, threshold: float) -> dict[str, go.Figure]:
+    st.markdown("#### Threshold vs accuracy on the whole test set")
+    sweep = load_sweep(models)
+    if sweep.empty:
+        st.caption(f"No threshold sweep found next to the DRNet ({models.directory}/drnet/sweep.csv or eval.json).")
+        return {}
+    baselines = {}
+    for name in ("mobilenetv2", "dense"):
+        evaluation = load_eval(models, name)
+        if evaluation:
+            baselines[LABELS[name]] = (evaluation["flops_mean"], evaluation["accuracy"])
+    fig = figures.sweep_curve(sweep, current=sweep_point(sweep, threshold), baselines=baselines)
+    ui.chart(fig, key="sweep_curve")
+    st.caption(
+        f"The star is the threshold t = {threshold:.2f} set in the sidebar; move it and the star moves along the curve. "
+        f"At this setting this image cost {ui.si(a.runs['drnet'].flops)} {ui.FLOPS}."
+    )
+    return {"sweep": fig}
+
+
+def export_ui(analyses: list[Analysis], models: ModelSet, settings: state.Settings, figs: dict[str, go.Figure]) -> None:
+    with st.expander("Export the trace and the figures"):
+        names = [a.source.name for a in analyses]
+        samples, cells, branches = export.trace_frames([a.runs["drnet"].trace for a in analyses], names, models.class_names)
+        meta = {"threshold": settings.threshold, "top_k": settings.top_k, "models": str(models.directory)}
+        st.caption(f"DRNet's routing trace of the {len(names)} image(s) above: one row per image, cell, edge and branch.")
+        left, right = st.columns(2)
+        left.download_button(
+            "Trace as CSV",
+            export.trace_csv(branches, {"threshold": settings.threshold, "top_k": settings.top_k}),
+            file_name="drnet_trace.csv",
+            mime="text/csv",
+            key="download_csv",
+            on_click="ignore",
+            icon=":material/table:",
+        )
+        right.download_button(
+            "Trace as JSON",
+            export.trace_json(samples, cells, branches, meta),
+            file_name="drnet_trace.json",
+            mime="application/json",
+            key="download_json",
+            on_click="ignore",
+            icon=":material/data_object:",
+        )
+        st.caption(
+            "Figures as interactive HTML pages (they open offline). For a PNG, use the camera icon in each chart's toolbar."
+        )
+        columns = st.columns(3)
+        for i, (name, fig) in enumerate(figs.items()):
+            columns[i % 3].download_button(
+                f"{name.replace('_', ' ')} (HTML)",
+                lambda fig=fig: export.figure_html(fig),
+                file_name=f"{name}.html",
+                mime="text/html",
+                key=f"download_{name}",
+                on_click="ignore",
+            )
+
+
+main()

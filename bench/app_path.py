@@ -1,0 +1,133 @@
+"""The app's path at batch 1: upload bytes -> preprocessing -> prediction + trace + FLOPs,
+and the four attribution methods.
+
+The upload is a real Fashion-MNIST test image made to look like a product photo: scaled
+up to 600x600, light background, RGB JPEG, so decoding, inverting, cropping and resizing
+all do real work. ``app_path_ms`` covers ``prepare_upload`` + the forward pass + reading
+the class probabilities and the image's FLOPs; building the trace's tidy tables is
+reported on its own (``tables_ms``).
+
+    python -m bench.app_path
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+from typing import Any, Callable
+
+import torch
+from PIL import Image, ImageOps
+
+from .common import (
+    Loaded,
+    Settings,
+    add_settings_args,
+    compare,
+    eval_images,
+    format_table,
+    inference,
+    load_model,
+    machine,
+    prepare,
+    print_header,
+    random_init_note,
+    settings_from_args,
+)
+
+PHOTO_SIZE = 600  # pixels per side of the synthetic product photo
+IG_STEPS = 32  # the issue's Integrated Gradients budget: <= 2 s at 32 steps
+
+
+def photo_bytes(size: int = PHOTO_SIZE) -> bytes:
+    """Fashion-MNIST test image 0 as a light-background RGB JPEG of ``size`` x ``size``."""
+    data, _ = eval_images(1)
+    gray = Image.fromarray(data.images[0, :, :, 0].numpy(), mode="L").resize((size, size), Image.Resampling.BICUBIC)
+    photo = ImageOps.invert(gray).convert("RGB")
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def run(settings: Settings, loaded: Loaded | None = None, attribution_repeats: int | None = None) -> dict[str, Any]:
+    """Time the upload path and each attribution method (skipped, with a note, if unavailable)."""
+    loaded = loaded or load_model("drnet")
+    settings = dataclasses.replace(settings, compile=False)  # attribution deep-copies the model
+    model = prepare(loaded.model, settings)
+    data = photo_bytes()
+    notes = [n for n in (random_init_note([loaded]),) if n]
+    result: dict[str, Any] = {"model": loaded.source, "upload_bytes": len(data), "notes": notes}
+    try:
+        from drnets.upload import prepare_upload
+    except ImportError as err:
+        notes.append(f"app path skipped: drnets.upload is not importable ({err})")
+        return {**result, "app_path_ms": None, "tables_ms": None, "attribution": [], "ig32_s": None}
+
+    input_size = tuple(loaded.training.get("input_size", (1, 28, 28)))
+
+    def predict() -> tuple[torch.Tensor, Any]:
+        prepared = prepare_upload(data, input_size, loaded.mean, loaded.std)
+        x = prepared.tensor.to(settings.torch_device)
+        if settings.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with inference(settings):
+            _, trace = model(x)
+            trace.probs.tolist(), trace.flops.tolist()  # what the app shows: class probabilities, FLOPs
+        return x, trace
+
+    x, trace = predict()
+    tables = lambda: (trace.samples_frame(loaded.class_names, ["upload"]), trace.branches_frame(["upload"]))  # noqa: E731
+    seconds = compare({"app_path": predict, "tables": tables}, settings)
+    result.update(app_path_ms=1e3 * seconds["app_path"], tables_ms=1e3 * seconds["tables"])
+    result.update(_attribution(model, x.clone(), settings, loaded, attribution_repeats, notes))
+    return result
+
+
+def _attribution(
+    model: torch.nn.Module, x: torch.Tensor, settings: Settings, loaded: Loaded, repeats: int | None, notes: list[str]
+) -> dict[str, Any]:
+    try:
+        from drnets.attribution import METHODS, attribute
+    except ImportError as err:
+        notes.append(f"attribution skipped: drnets.attribution is not importable ({err})")
+        return {"attribution": [], "ig32_s": None}
+    # IG and Occlusion take seconds: fewer rounds than the forward benchmarks, same median rule.
+    timing = dataclasses.replace(settings, warmup=min(settings.warmup, 1), repeats=repeats or min(settings.repeats, 3))
+    baseline = -loaded.mean[0] / loaded.std[0]  # a black image in the normalised space
+    calls: dict[str, Callable[[], Any]] = {
+        method: (lambda m=method: attribute(model, x, m, baseline=baseline, ig_steps=IG_STEPS)) for method in METHODS
+    }
+    seconds = compare(calls, timing)
+    rows = [{"method": m, "seconds": s, "ig_steps": IG_STEPS if m == "integrated_gradients" else None} for m, s in seconds.items()]
+    return {"attribution": rows, "ig32_s": seconds.get("integrated_gradients")}
+
+
+def show(result: dict[str, Any]) -> None:
+    if result["app_path_ms"] is None:
+        return
+    print(
+        f"app path (upload {result['upload_bytes']} B JPEG -> prepare_upload -> forward -> probabilities + FLOPs): "
+        f"{result['app_path_ms']:.1f} ms; trace tables: {result['tables_ms']:.1f} ms"
+    )
+    if result["attribution"]:
+        print(format_table(result["attribution"], ["method", "seconds", "ig_steps"]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_settings_args(parser)
+    args = parser.parse_args(argv)
+    settings = settings_from_args(args)
+    info = machine(settings)
+    result = run(settings)
+    if args.json:
+        print(json.dumps({"machine": info, **result}, indent=2))
+        return
+    print_header("app path at batch 1", info, result["notes"])
+    show(result)
+
+
+if __name__ == "__main__":
+    main()

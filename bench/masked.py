@@ -1,0 +1,144 @@
+"""Sparse execution vs the masked reference: what gathering and scattering samples costs.
+
+The masked reference (``DRNet.execution = "masked"``) runs every branch on every sample
+and multiplies by gate x mask; sparse execution runs each branch only on the samples that
+kept it, gathering them before and scatter-adding after. Both give the same outputs.
+We time both on the same inputs and, with torch.profiler, measure the share of the
+sparse pass spent in the gather/scatter ops themselves.
+
+    python -m bench.masked --batches 1,64
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from typing import Any
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from .common import (
+    GATHER_SCATTER_OPS,
+    Loaded,
+    Settings,
+    add_settings_args,
+    compare,
+    eval_images,
+    format_table,
+    inference,
+    load_model,
+    machine,
+    prepare,
+    print_header,
+    random_init_note,
+    ratio,
+    settings_from_args,
+    to_device,
+)
+
+
+def run(
+    settings: Settings, batches: tuple[int, ...] = (1, 64), images_b1: int = 16, loaded: Loaded | None = None
+) -> dict[str, Any]:
+    loaded = loaded or load_model("drnet")
+    # Not compiled: the execution mode is switched on the module between calls.
+    model = prepare(loaded.model, dataclasses.replace(settings, compile=False))
+    data, data_note = eval_images(max(*batches, images_b1))
+    rows = []
+    for batch in batches:
+        chunks = [data.images[i : i + 1] for i in range(images_b1)] if batch == 1 else [data.images[:batch]]
+        inputs = [to_device(c, loaded, settings) for c in chunks]
+        n_images = sum(len(c) for c in chunks)
+        with inference(settings):
+            traces = [model(x)[1] for x in inputs]
+            calls = {mode: _caller(model, inputs, mode) for mode in ("sparse", "masked")}
+            seconds = compare(calls, settings)
+            share = _gather_scatter_share(calls["sparse"])
+        model.execution = "sparse"
+        rows.append(_row(batch, n_images, seconds, traces, share))
+    notes = [n for n in (data_note, random_init_note([loaded])) if n]
+    return {"rows": rows, "model": loaded.source, "gather_scatter_ops": list(GATHER_SCATTER_OPS), "notes": notes}
+
+
+def _caller(model: torch.nn.Module, inputs: list[torch.Tensor], mode: str):  # noqa: ANN202 - a timing closure
+    def call() -> None:
+        model.execution = mode
+        for x in inputs:
+            model(x)
+
+    return call
+
+
+def _gather_scatter_share(call) -> float:  # noqa: ANN001
+    """Percent of the profiled (CPU-side) op time spent in gather/scatter ops."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        call()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    moved = sum(e.self_cpu_time_total for e in events if e.key in GATHER_SCATTER_OPS)
+    return 100.0 * moved / total if total else 0.0
+
+
+def _row(batch: int, n_images: int, seconds: dict[str, float], traces: list, share: float) -> dict[str, Any]:
+    ran = torch.cat([t.ran for t in traces])  # [N, L, E, K]
+    flops = float(torch.cat([t.flops for t in traces]).double().mean())
+    if batch > 1:
+        users = ran.sum(0)
+        partial = float(((users > 0) & (users < batch)).double().mean())
+    else:
+        partial = 0.0
+    speedup = ratio(seconds["masked"], seconds["sparse"])
+    flops_ratio = ratio(traces[0].dense_flops, flops)
+    return {
+        "batch": batch,
+        "sparse_ms_per_image": 1e3 * seconds["sparse"] / n_images,
+        "masked_ms_per_image": 1e3 * seconds["masked"] / n_images,
+        "masked_over_sparse": speedup,
+        "flops_ratio": flops_ratio,
+        "efficiency": ratio(speedup, flops_ratio) if speedup and flops_ratio else None,
+        "branches_ran_pct": 100 * float(ran.double().mean()),
+        "partial_branches_pct": 100 * partial,
+        "gather_scatter_pct_of_sparse": share,
+    }
+
+
+def show(result: dict[str, Any]) -> None:
+    keys = [
+        "batch",
+        "sparse_ms_per_image",
+        "masked_ms_per_image",
+        "masked_over_sparse",
+        "flops_ratio",
+        "efficiency",
+        "branches_ran_pct",
+        "partial_branches_pct",
+        "gather_scatter_pct_of_sparse",
+    ]
+    print(format_table(result["rows"], keys))
+    print(
+        "\nmasked_over_sparse = masked time / sparse time; flops_ratio = all-branches FLOPs / routed FLOPs; "
+        "partial_branches_pct = (cell, edge, branch) slots run on part of the batch (these need gather/scatter); "
+        f"gather/scatter ops: {', '.join(result['gather_scatter_ops'])} (CPU-side profiler time)"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_settings_args(parser)
+    parser.add_argument("--batches", default="1,64", help="comma-separated batch sizes")
+    parser.add_argument("--images-b1", type=int, default=16, help="images timed one by one at batch 1")
+    args = parser.parse_args(argv)
+    settings = settings_from_args(args)
+    info = machine(settings)
+    result = run(settings, tuple(int(b) for b in args.batches.split(",")), args.images_b1)
+    if args.json:
+        print(json.dumps({"machine": info, **result}, indent=2))
+        return
+    print_header("masked reference vs sparse execution (DRNet)", info, result["notes"])
+    show(result)
+
+
+if __name__ == "__main__":
+    main()

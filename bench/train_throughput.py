@@ -1,0 +1,135 @@
+"""Training throughput: images/s of DRNet vs its dense supernet (and MobileNetV2 for context).
+
+One timed call is one full training step as ``drnets.train`` takes it: forward in train
+mode (Gumbel-Softmax routing at the temperature the run ended with), the recipe's loss
+(cross-entropy + cost term for the DRNet), backward, AdamW step. Steps of the models are
+interleaved round-robin; weights start from the checkpoints when present (only the
+speed is measured, the copies are thrown away).
+
+    python -m bench.train_throughput --batch 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import functools
+import json
+from typing import Any, Callable
+
+import torch
+
+from drnets.model import DRNet
+from drnets.train import TrainConfig, build_optimizer, training_loss
+
+from .common import (
+    MODELS,
+    Loaded,
+    Settings,
+    add_settings_args,
+    autocast,
+    compare,
+    eval_images,
+    format_table,
+    load_model,
+    machine,
+    print_header,
+    random_init_note,
+    ratio,
+    settings_from_args,
+    to_device,
+)
+
+
+def run(
+    settings: Settings, batch: int = 128, steps: int | None = None, models: dict[str, Loaded] | None = None
+) -> dict[str, Any]:
+    """Images/s per model; ``steps`` overrides settings.repeats (timed steps per model)."""
+    models = models or {name: load_model(name) for name in MODELS}
+    data, data_note = eval_images(batch)
+    timing = settings if steps is None else dataclasses.replace(settings, repeats=steps)
+    calls, flops = {}, {}
+    for name, loaded in models.items():
+        x = to_device(data.images[:batch], loaded, settings)
+        labels = data.labels[:batch].to(settings.torch_device)
+        calls[name] = functools.partial(_trainer(loaded, settings, flops), x, labels)
+    seconds = compare(calls, timing)
+    rows = [
+        {
+            "model": name,
+            "images_per_s": batch / seconds[name],
+            "ms_per_step": 1e3 * seconds[name],
+            "forward_mflops_per_image": flops[name] / 1e6,
+        }
+        for name in models
+    ]
+    notes = [n for n in (data_note, random_init_note(list(models.values()))) if n]
+    return {
+        "batch": batch,
+        "rows": rows,
+        "train_speedup": ratio(seconds["dense"], seconds["drnet"]),
+        "temperature": _temperature(models["drnet"]),
+        "models": {name: m.source for name, m in models.items()},
+        "notes": notes,
+    }
+
+
+def _temperature(loaded: Loaded) -> float:
+    """The Gumbel-Softmax temperature the run ended with (the router is sparsest there)."""
+    history = loaded.training.get("history") or [{}]
+    recipe = loaded.training.get("recipe") or {}
+    return float(history[-1].get("temperature", recipe.get("tau_end", TrainConfig.tau_end)))
+
+
+def _trainer(loaded: Loaded, settings: Settings, flops: dict[str, float]) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """A closure running one optimisation step on a private train-mode copy; it records
+    the step's mean forward FLOPs per image in ``flops[name]``."""
+    model = copy.deepcopy(loaded.model).train().to(settings.torch_device)
+    if settings.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if isinstance(model, DRNet):
+        model.temperature = _temperature(loaded)
+    saved = loaded.training.get("recipe") or {}
+    recipe = TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__})
+    optimizer, _ = build_optimizer(recipe, model, total_steps=10**6)
+    scaler = torch.amp.GradScaler(enabled=settings.amp and settings.device.startswith("cuda"))
+
+    def step(x: torch.Tensor, labels: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(settings):
+            logits, trace = model(x)
+            loss, _ = training_loss(model, logits, trace, labels, recipe, x.shape[-2], x.shape[-1])
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        flops[loaded.name] = float(trace.flops.double().mean())
+
+    return step
+
+
+def show(result: dict[str, Any]) -> None:
+    print(format_table(result["rows"], ["model", "images_per_s", "ms_per_step", "forward_mflops_per_image"]))
+    print(
+        f"\ntrain_speedup (DRNet images/s / dense images/s) = {result['train_speedup']:.3g} at batch {result['batch']}, "
+        f"Gumbel temperature {result['temperature']}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_settings_args(parser)
+    parser.add_argument("--batch", type=int, default=128, help="training batch size (the recipe's default)")
+    args = parser.parse_args(argv)
+    settings = settings_from_args(args)
+    info = machine(settings)
+    result = run(settings, args.batch)
+    if args.json:
+        print(json.dumps({"machine": info, **result}, indent=2))
+        return
+    print_header("training throughput: DRNet vs dense supernet", info, result["notes"])
+    show(result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""What the app tests run on: the shipped models (or stand-ins until they exist) and a garment photo.
+
+Once ``assets/models/{drnet,dense,mobilenetv2}`` hold checkpoints the tests use them, as the
+app does. Before that, ``build_standins`` writes small random-init checkpoints in the same
+layout (with eval.json and sweep.csv from a real evaluation on a few test images), so the
+app and its tests run on real models, just untrained ones.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from drnets.checkpoint import load_checkpoint, save_checkpoint
+from drnets.data import FASHION_MNIST_CLASSES, load_dataset, normalization
+from drnets.evaluate import evaluate, write_results
+from drnets.model import create_model
+from drnets.router import RoutingPolicy
+from drnets.upload import prepare_upload
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = ROOT / "assets" / "models"
+NAMES = ("drnet", "dense", "mobilenetv2")
+STANDIN = {"drnet": {"channels": 8, "num_nodes": 2}, "dense": {"channels": 8, "num_nodes": 2}, "mobilenetv2": {"width_mult": 0.25}}
+STARTUP_SECONDS = 240  # a cold start imports torch, plotly and streamlit; slow on a loaded 2-core machine
+EVAL_IMAGES = 48  # enough for every class to appear in eval.json, small enough for a 2-core CI
+
+
+def shipped() -> Path | None:
+    """assets/models when all three checkpoints are there."""
+    ok = all((ASSETS / name / "config.json").is_file() and (ASSETS / name / "model.safetensors").is_file() for name in NAMES)
+    return ASSETS if ok else None
+
+
+def build_standins(out: Path, seed: int = 0) -> Path:
+    """Random-init checkpoints with spread-out router weights (so routes differ per image), evaluated."""
+    mean, std = normalization("fashion-mnist", 1)
+    training = {"dataset": "fashion-mnist", "mean": list(mean), "std": list(std), "input_size": [1, 28, 28]}
+    data = load_dataset("fashion-mnist", "test").subset(EVAL_IMAGES)
+    for name in NAMES:
+        torch.manual_seed(seed)
+        model = create_model(name, **STANDIN[name]).eval()
+        if name == "drnet":
+            generator = torch.Generator().manual_seed(seed)
+            with torch.no_grad():
+                for cell in model.cells:
+                    for p in cell.router.parameters():
+                        p.copy_(torch.randn(p.shape, generator=generator))
+        save_checkpoint(out / name, model, name, FASHION_MNIST_CLASSES, training)
+        result = evaluate(load_checkpoint(out / name), data, sweep=(0.0, 0.05, 0.1, 0.15, 0.2, 0.3))
+        write_results(out / name, result)
+    return out
+
+
+def garment_photo(size: tuple[int, int] = (640, 480), seed: int = 0) -> bytes:
+    """A JPEG 'photo' of a dark T-shirt lying on a light, unevenly lit table, with sensor noise."""
+    import io
+
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFilter
+
+    w, h = size
+    rng = np.random.default_rng(seed)
+    light = np.linspace(235, 205, w)[None, :] + np.linspace(0, 15, h)[:, None]  # window light from the left
+    background = Image.fromarray(np.clip(light, 0, 255).astype(np.uint8)).convert("RGB")
+    shirt = Image.new("L", size, 0)
+    cx, top, s = w // 2, int(h * 0.18), min(w, h) / 480
+    outline = [(-60, 0), (-20, 10), (20, 10), (60, 0), (150, 45), (125, 110), (85, 90), (85, 330), (-85, 330),
+               (-85, 90), (-125, 110), (-150, 45)]  # fmt: skip
+    ImageDraw.Draw(shirt).polygon([(cx + x * s, top + y * s) for x, y in outline], fill=255)
+    fabric = Image.new("RGB", size, (40, 52, 88))  # navy cotton
+    photo = Image.composite(fabric, background, shirt.filter(ImageFilter.GaussianBlur(2)))
+    pixels = np.asarray(photo, dtype=float) + rng.normal(0, 4, (h, w, 3))
+    out = io.BytesIO()
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(out, "JPEG", quality=88)
+    return out.getvalue()
+
+
+def drnet_flops(models_dir: Path, data: bytes, threshold: float) -> int:
+    """The reference: FLOPs of the DRNet on this upload, computed here without the app."""
+    ckpt = load_checkpoint(models_dir / "drnet")
+    training = ckpt.training
+    prepared = prepare_upload(data, tuple(training["input_size"]), tuple(training["mean"]), tuple(training["std"]))
+    ckpt.model.policy = RoutingPolicy(threshold, None)
+    with torch.no_grad():
+        return int(ckpt.model(prepared.tensor)[1].flops[0])
+
+
+# ---- the app started the README's way, shared by test_launch and test_e2e ----
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(port: int, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the app exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    raise AssertionError(f"no healthy app on port {port} after {STARTUP_SECONDS} s:\n{log.read_text()}")
+
+
+@dataclass(frozen=True)
+class AppServer:
+    port: int
+    models: Path  # the models folder it serves
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
+    """``python -m app.launch --server.port <free port>`` in a subprocess, as `make run` does."""
+    tmp = tmp_path_factory.mktemp("server")
+    models = shipped() or build_standins(tmp / "models")
+    port, log = free_port(), tmp / "server.log"
+    env = dict(os.environ, DRNETS_MODELS_DIR=str(models), OMP_NUM_THREADS="1")
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.launch", "--server.port", str(port)],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_healthy(port, process, log)
+        yield AppServer(port, models)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()

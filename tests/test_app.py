@@ -1,0 +1,193 @@
+"""The Streamlit app driven headlessly with AppTest, on the shipped models (stand-ins until they exist).
+
+Plotly charts are opaque to AppTest; their builders are tested in test_figures.py. Here
+we check what a user reads: metrics, errors, captions, and that no page raises.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+import appkit
+from app import export, figures, state
+from app.services import samples_dir
+from drnets.checkpoint import load_checkpoint
+from drnets.upload import prepare_upload
+
+MAIN = appkit.ROOT / "app" / "main.py"
+PAGES = ("views/inspect.py", "views/attributions.py", "views/explorer.py", "views/teaching.py")
+TIMEOUT = 300  # seconds per script run; a loaded 2-core machine needs them on the first (cold) run
+BROKEN_PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + b"truncated"
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory):
+    """assets/models when shipped, else evaluated random-init stand-ins; the app finds them via DRNETS_MODELS_DIR."""
+    path = appkit.shipped() or appkit.build_standins(tmp_path_factory.mktemp("models"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DRNETS_MODELS_DIR", str(path))
+        yield path
+
+
+def new_app() -> AppTest:
+    return AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
+
+
+def metric(at: AppTest, label: str) -> str:
+    values = [m.value for m in at.metric if m.label == label]
+    assert values, f"no metric {label!r}; metrics: {[m.label for m in at.metric]}"
+    return values[0]
+
+
+def texts(at: AppTest) -> str:
+    parts = [e.value for kind in ("markdown", "caption", "subheader", "title", "info", "error") for e in at.get(kind)]
+    return "\n".join(map(str, parts))
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.message for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_every_page_runs_on_the_default_sample(models_dir: Path) -> None:
+    at = new_app().run()
+    assert_clean(at)
+    assert at.session_state[state.SAMPLE], "a first-time user should see a sample without doing anything"
+    assert metric(at, "DRNet FLOPs")
+    assert "DRNet says" in [m.label for m in at.metric]
+    at.switch_page("views/attributions.py").run()
+    assert_clean(at)
+    assert "Saliency" in texts(at) and "Grad-CAM" in texts(at)
+    at.switch_page("views/explorer.py").run()
+    assert_clean(at)
+    assert "Headline" in texts(at) and "cheapest" in texts(at)
+    at.switch_page("views/teaching.py").run()
+    assert_clean(at)
+
+
+def test_teaching_mode_walks_through_every_step(models_dir: Path) -> None:
+    at = new_app()
+    at.switch_page("views/teaching.py").run()
+    steps = [at.radio(key="teaching_step").value]
+    while not at.button(key="teaching_next").disabled:
+        at.button(key="teaching_next").click().run()
+        assert_clean(at)
+        steps.append(at.radio(key="teaching_step").value)
+    assert len(steps) == 6 and len(set(steps)) == 6, steps
+    assert "Skipped branches are never computed" in texts(at)
+
+
+def test_upload_of_a_photo_and_a_broken_file(models_dir: Path) -> None:
+    photo = appkit.garment_photo()
+    at = new_app().run()
+    at.file_uploader(key=state.UPLOADS).set_value(
+        [("shirt.jpg", photo, "image/jpeg"), ("broken.png", BROKEN_PNG, "image/png")]
+    ).run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "broken.png" in errors[0], errors
+    assert at.session_state[state.SAMPLE] is None, "a fresh upload replaces the sample"
+    assert "shirt.jpg" in [s.value for s in at.subheader]
+    assert metric(at, "DRNet FLOPs") == _si(appkit.drnet_flops(models_dir, photo, at.slider(key=state.THRESHOLD).value))
+    at.switch_page("views/attributions.py").run()  # the upload lives in the sidebar and survives a page switch
+    assert_clean(at)
+    assert [f.name for f in at.session_state[state.UPLOADS]] == ["shirt.jpg", "broken.png"]
+
+
+def test_sample_picker_shows_the_chosen_sample(models_dir: Path) -> None:
+    at = new_app().run()
+    samples = at.selectbox(key=state.SAMPLE).options
+    assert len(samples) >= 3, "assets/samples/ should hold a few test images"
+    at.selectbox(key=state.SAMPLE).set_value(at.selectbox(key=state.SAMPLE).options[2]).run()
+    assert_clean(at)
+    chosen = at.session_state[state.SAMPLE]
+    assert state.sample_label(chosen) in [s.value for s in at.subheader]
+
+
+def test_threshold_slider_reroutes_the_image(models_dir: Path) -> None:
+    at = new_app().run()
+    shared = _shared_drnet()
+    policy_before = shared.policy
+    sample = (samples_dir() / at.session_state[state.SAMPLE]).read_bytes()
+    seen = {}
+    for t in (0.0, 0.3):
+        at.slider(key=state.THRESHOLD).set_value(t).run()
+        assert_clean(at)
+        seen[t] = metric(at, "DRNet FLOPs")
+        assert seen[t] == _si(appkit.drnet_flops(models_dir, sample, t))
+    assert seen[0.0] != seen[0.3], "every branch runs at t=0, far fewer at t=0.3"
+    assert shared.policy == policy_before, "a session's threshold must not leak into the shared model"
+
+
+def test_attributions_on_request(models_dir: Path) -> None:
+    at = new_app()
+    at.switch_page("views/attributions.py").run()
+    assert "Integrated Gradients" not in [m.value for m in at.markdown]
+    at.button(key="run_slow_attributions").click().run()
+    assert_clean(at)
+    body = texts(at)
+    assert "Integrated Gradients" in body and "Occlusion" in body and "convergence delta" in body
+
+
+def test_missing_models_and_samples_get_a_message(models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRNETS_SAMPLES_DIR", str(tmp_path / "no-samples"))
+    at = new_app().run()
+    assert not at.exception
+    assert any("Pick a sample or upload" in i.value for i in at.info)
+    at.text_input(key=state.MODELS_DIR).set_value(str(tmp_path / "nowhere")).run()
+    assert not at.exception
+    assert any("No usable DRNet" in e.value for e in at.error)
+    for page in PAGES[1:]:
+        at.switch_page(page).run()
+        assert not at.exception and any("No usable DRNet" in e.value for e in at.error)
+
+
+def test_exports_hold_the_trace_of_every_image(models_dir: Path) -> None:
+    ckpt = load_checkpoint(models_dir / "drnet")
+    images = [_png(np.full((28, 28), v, dtype=np.uint8)) for v in (30, 200)]
+    x = torch.cat([prepare_upload(b).tensor for b in images])
+    with torch.no_grad():
+        trace = ckpt.model(x)[1]
+    traces = [trace.select([0]), trace.select([1])]
+    samples, cells, branches = export.trace_frames(traces, ["a.png", "b.png"], ckpt.class_names)
+    _, layers, edges, k = trace.ran.shape
+    table = pd.read_csv(io.BytesIO(export.trace_csv(branches, {"threshold": 0.1, "top_k": None})))
+    assert len(table) == 2 * layers * edges * k
+    assert set(table["sample"]) == {"a.png", "b.png"} and (table["threshold"] == 0.1).all()
+    assert table.groupby("sample")["ran"].sum().tolist() == trace.ran.sum(dim=(1, 2, 3)).tolist()
+    document = json.loads(export.trace_json(samples, cells, branches, {"threshold": 0.1}))
+    assert [s["flops"] for s in document["samples"]] == trace.flops.tolist()
+    assert len(document["cells"]) == 2 * layers and document["settings"] == {"threshold": 0.1}
+    html = export.figure_html(figures.prediction_bars(trace.probs[0], ckpt.class_names))
+    assert "<html>" in html[:100] and "plotly" in html and "<script src=" not in html, "self-contained: opens offline"
+
+
+# ---- helpers ----
+
+
+def _si(value: float) -> str:
+    from app.ui import si
+
+    return si(value)
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "PNG")
+    return out.getvalue()
+
+
+def _shared_drnet():
+    """The DRNet instance the app's cache_resource hands to every session."""
+    from app.services import default_models_dir, load_models
+
+    return load_models(default_models_dir()).drnet()

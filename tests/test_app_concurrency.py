@@ -1,0 +1,121 @@
+"""Eight sessions at once (issue 5): each gets its own correct answer; the shared model is never touched.
+
+Every session uploads a different test image at a different routing threshold and asks for
+attributions; the results are compared with a serial computation made here without the app,
+and the model that st.cache_resource shares between sessions is checked for changed weights,
+a changed routing policy and left-over Captum hooks.
+"""
+
+from __future__ import annotations
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+import appkit
+from app import state
+from app.services import ImageSource, analyse, default_models_dir, explain, load_models
+from app.ui import si
+from drnets.attribution import attribute
+from drnets.checkpoint import load_checkpoint
+from drnets.data import load_dataset
+from drnets.router import RoutingPolicy
+from drnets.upload import prepare_upload
+
+SESSIONS = 8
+THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.5)
+TIMEOUT = 600  # eight sessions share two cores
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory):
+    path = appkit.shipped() or appkit.build_standins(tmp_path_factory.mktemp("models"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DRNETS_MODELS_DIR", str(path))
+        mp.setenv("DRNETS_SAMPLES_DIR", str(tmp_path_factory.mktemp("no-samples")))  # only the uploads run
+        yield path
+
+
+def fashion_pngs() -> list[bytes]:
+    """The first test images of Fashion-MNIST as PNG files, one per session."""
+    data = load_dataset("fashion-mnist", "test").subset(SESSIONS)
+    pngs = []
+    for pixels in data.images.numpy():
+        out = io.BytesIO()
+        Image.fromarray(pixels[..., 0]).save(out, "PNG")
+        pngs.append(out.getvalue())
+    return pngs
+
+
+def session(i: int, image: bytes) -> dict:
+    """One user: upload, set the threshold, read the result, then open the attributions."""
+    at = AppTest.from_file(str(appkit.ROOT / "app" / "main.py"), default_timeout=TIMEOUT).run()
+    at.file_uploader(key=state.UPLOADS).set_value((f"image{i}.png", image, "image/png"))
+    at.slider(key=state.THRESHOLD).set_value(THRESHOLDS[i]).run()
+    result = {
+        "exceptions": [e.message for e in at.exception],
+        "errors": [e.value for e in at.error],
+        "flops": next(m.value for m in at.metric if m.label == "DRNet FLOPs"),
+        "answer": next(m.value for m in at.metric if m.label == "DRNet says"),
+    }
+    at.switch_page("views/attributions.py").run()
+    result["exceptions"] += [e.message for e in at.exception]
+    result["errors"] += [e.value for e in at.error]
+    return result
+
+
+@pytest.mark.slow
+def test_concurrent_sessions_match_a_serial_run(models_dir: Path) -> None:
+    images = fashion_pngs()
+    shared = load_models(default_models_dir())
+    model = shared.drnet()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    policy = model.policy
+
+    with ThreadPoolExecutor(SESSIONS) as pool:
+        results = list(pool.map(session, range(SESSIONS), images))
+
+    for i, (result, image) in enumerate(zip(results, images)):
+        assert not result["exceptions"] and not result["errors"], (i, result)
+        assert result["flops"] == si(appkit.drnet_flops(models_dir, image, THRESHOLDS[i])), (i, result)
+        assert result["answer"] == shared.class_names[_serial_pred(models_dir, image, THRESHOLDS[i])], (i, result)
+    assert len({r["flops"] for r in results}) > 1, "different thresholds should give different costs"
+
+    # The attributions the sessions computed (now in st.cache_data) equal a serial computation.
+    for i in (0, SESSIONS - 1):
+        source = ImageSource.of(f"image{i}.png", images[i])
+        a = analyse(shared, source, THRESHOLDS[i], None, 20 * 1024 * 1024)
+        for name in ("drnet", "mobilenetv2"):
+            cached = explain(shared, shared.key, source.digest, a.prepared.tensor, name, "gradcam", THRESHOLDS[i], None)
+            reference = _serial_attribution(models_dir, name, a.prepared.tensor, THRESHOLDS[i])
+            np.testing.assert_allclose(cached.heatmap, reference, atol=1e-5)
+
+    assert model.policy == policy, "a session's threshold leaked into the shared model"
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items()), "shared weights changed"
+    for module in model.modules():
+        hooks = (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks, module._backward_pre_hooks)
+        assert not any(hooks), f"left-over hooks on {type(module).__name__}"
+
+
+def _serial_pred(models_dir: Path, image: bytes, threshold: float) -> int:
+    ckpt = load_checkpoint(models_dir / "drnet")
+    t = ckpt.training
+    x = prepare_upload(image, tuple(t["input_size"]), tuple(t["mean"]), tuple(t["std"])).tensor
+    ckpt.model.policy = RoutingPolicy(threshold, None)
+    with torch.no_grad():
+        return int(ckpt.model(x)[0].argmax())
+
+
+def _serial_attribution(models_dir: Path, name: str, x: torch.Tensor, threshold: float) -> np.ndarray:
+    ckpt = load_checkpoint(models_dir / name)
+    if name == "drnet":
+        ckpt.model.policy = RoutingPolicy(threshold, None)
+    t = ckpt.training
+    black = float(np.mean([-m / s for m, s in zip(t["mean"], t["std"])]))
+    return attribute(ckpt.model, x, "gradcam", baseline=black).heatmap

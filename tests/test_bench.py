@@ -1,0 +1,130 @@
+"""The benchmarks run end to end at tiny sizes and report finite, consistent numbers.
+
+Timings are never asserted (benchmarks report, they do not fail on speed); what is
+asserted is that every script runs, that its ratios are the ratios of its own timings
+and FLOPs, and that benchmarking leaves the models untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import app_path, latency, masked, sweep, train_throughput
+from bench.__main__ import main as bench_main
+from bench.common import MODELS, Settings, load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = Settings(device="cpu", warmup=0, repeats=1)
+HEADLINE = (
+    "realized_speedup_b1",
+    "flops_ratio_b1",
+    "realized_speedup_b64",
+    "flops_ratio_b64",
+    "drnet_vs_mobilenetv2_b1",
+    "drnet_vs_mobilenetv2_b64",
+    "app_path_ms",
+    "ig32_s",
+    "train_speedup",
+)
+
+
+def positive(value: object) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {name: load_model(name) for name in MODELS}
+
+
+def test_latency_ratios_are_the_ratios_of_its_own_measurements(models) -> None:
+    result = latency.run(TINY, batches=(1, 3), images_b1=2, models=models)
+    assert [r["batch"] for r in result["rows"]] == [1, 3]
+    for row in result["rows"]:
+        ms, flops = row["ms_per_image"], row["flops_mean"]
+        assert all(positive(v) for v in [*ms.values(), *flops.values()])
+        assert row["realized_speedup"] == pytest.approx(ms["dense"] / ms["drnet"])
+        assert row["flops_ratio"] == pytest.approx(flops["dense"] / flops["drnet"])
+        assert row["drnet_vs_mobilenetv2"] == pytest.approx(ms["mobilenetv2"] / ms["drnet"])
+        assert flops["drnet"] <= flops["dense"] * 1.01  # the router adds < 1%; skipping only removes
+    assert 0 < result["ours_vs_mobilenetv2"]["flops_pct_of_mobilenetv2"] < 100
+
+
+def test_masked_reports_the_gather_scatter_share(models) -> None:
+    result = masked.run(TINY, batches=(1, 4), images_b1=2, loaded=models["drnet"])
+    one, four = result["rows"]
+    assert one["partial_branches_pct"] == 0 and one["gather_scatter_pct_of_sparse"] == 0  # batch 1 never gathers
+    for row in (one, four):
+        assert positive(row["sparse_ms_per_image"]) and positive(row["masked_over_sparse"])
+        assert 0 <= row["gather_scatter_pct_of_sparse"] < 100
+        assert 0 < row["branches_ran_pct"] <= 100
+
+
+def test_training_benchmark_trains_copies_only(models) -> None:
+    before = {name: {k: v.clone() for k, v in m.model.state_dict().items()} for name, m in models.items()}
+    result = train_throughput.run(TINY, batch=4, steps=1, models=models)
+    assert positive(result["train_speedup"])
+    assert all(positive(r["images_per_s"]) and positive(r["forward_mflops_per_image"]) for r in result["rows"])
+    for name, m in models.items():
+        after = m.model.state_dict()
+        assert all(torch.equal(before[name][k], after[k]) for k in before[name]), f"{name} was modified"
+        assert not m.model.training
+
+
+def test_app_path_times_upload_prediction_and_every_attribution(models) -> None:
+    result = app_path.run(TINY, models["drnet"], attribution_repeats=1)
+    assert positive(result["app_path_ms"]) and positive(result["tables_ms"])
+    assert {r["method"] for r in result["attribution"]} == {"saliency", "gradcam", "integrated_gradients", "occlusion"}
+    assert all(positive(r["seconds"]) for r in result["attribution"])
+    assert result["ig32_s"] == next(r["seconds"] for r in result["attribution"] if r["method"] == "integrated_gradients")
+
+
+def test_photo_bytes_is_a_real_upload() -> None:
+    from drnets.upload import prepare_upload
+
+    prepared = prepare_upload(app_path.photo_bytes(200))
+    assert prepared.tensor.shape == (1, 1, 28, 28)
+    assert any("invert" in note for note in prepared.notes)  # the light background was detected
+
+
+def test_sweep_threshold_zero_runs_every_branch(models) -> None:
+    result = sweep.run(TINY, thresholds=(0.0, 0.3), limit=12, batch_size=5, models=models)
+    rows = {(r["model"], r["threshold"]): r for r in result["rows"]}
+    assert set(rows) == {("drnet", 0.0), ("drnet", 0.3), ("dense", None), ("mobilenetv2", None)}
+    assert result["images"] == 12
+    for row in rows.values():
+        assert 0 <= row["accuracy"] <= 1 and positive(row["ms_per_image"]) and positive(row["flops_mean"])
+    everything = models["drnet"].model.cost_table(28, 28).dense_flops
+    assert rows[("drnet", 0.0)]["flops_mean"] == everything  # every gate weight is >= 0
+    assert rows[("drnet", 0.3)]["flops_mean"] < everything
+    assert rows[("dense", None)]["flops_ratio"] == 1.0
+
+
+def test_bad_only_flag_is_refused_with_a_message(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        bench_main(["--only", "latency,nonsense"])
+    assert exit_info.value.code == 2
+    assert "--only takes a comma-separated subset" in capsys.readouterr().err
+
+
+def test_cli_prints_one_json_object_with_the_headline_numbers() -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)  # stdout holds nothing but the JSON object
+    for key in HEADLINE:
+        assert positive(report[key]), f"{key} = {report[key]!r}"
+    assert report["machine"]["cpu"] and report["machine"]["torch"] == torch.__version__
+    assert set(report["definitions"]) >= {"realized_speedup", "flops_ratio", "drnet_vs_mobilenetv2"}
+    assert {g["metric"] for g in report["goals"]} >= {"efficiency_b1", "app_path_ms", "train_speedup"}
+    assert set(report["results"]) == {"latency", "masked", "train", "app_path", "sweep"}

@@ -1,0 +1,152 @@
+"""Per-sample cost accounting: every sample pays exactly for its own route, and the formulas match FlopCounterMode."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from drnets.cost import measure_flops
+from drnets.router import RoutingPolicy
+
+
+def trace_of(model, x, policy: RoutingPolicy | None = None):
+    if policy is not None:
+        model.policy = policy
+    with torch.no_grad():
+        return model(x)[1]
+
+
+def test_threshold_zero_runs_every_branch_at_dense_cost(tiny_model, mixed_batch) -> None:
+    model = tiny_model()
+    trace = trace_of(model, mixed_batch(), RoutingPolicy(0.0))
+    assert trace.ran.all()
+    assert torch.all(trace.flops == trace.dense_flops) and torch.all(trace.params == trace.dense_params)
+
+
+@pytest.fixture(scope="module")
+def routed(tiny_model, mixed_batch):
+    return tiny_model(), mixed_batch()
+
+
+def cell_inputs(model, x) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (s0, s1) each cell received in one forward pass."""
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    handles = [cell.register_forward_pre_hook(lambda m, args: seen.append(args[:2])) for cell in model.cells]
+    try:
+        trace_of(model, x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+@settings(max_examples=15, deadline=None)
+@given(thresholds=st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3).map(sorted))
+def test_raising_the_threshold_never_raises_a_samples_cost(routed, thresholds) -> None:
+    """Per cell, for the inputs it receives, a higher threshold only switches branches off.
+
+    Whole-network FLOPs are not monotone per sample in general: a later cell's router sees
+    the earlier cells' outputs, which change with the threshold, so it may pick another
+    (possibly dearer) branch. The guarantee holds cell by cell, and exactly for the first cell.
+    """
+    model, x = routed
+    table = model.cost_table(28, 28)
+    inputs = cell_inputs(model, x)
+    with torch.no_grad():
+        for layer, (cell, (s0, s1)) in enumerate(zip(model.cells, inputs)):
+            s0, s1 = cell.preprocess0(s0), cell.preprocess1(s1)
+            routes = [cell.route(s0, s1, RoutingPolicy(t), model.temperature)[1] for t in thresholds]
+            costs = [(route.long() * table.branch_flops[layer]).sum(dim=(1, 2)) for route in routes]
+            for low, high, low_cost, high_cost in zip(routes, routes[1:], costs, costs[1:]):
+                assert not torch.any(high & ~low), f"cell {layer}: a higher threshold switched a branch on"
+                assert torch.all(high_cost <= low_cost)
+    first_cell = [trace_of(model, x, RoutingPolicy(t)).ran[:, 0] for t in thresholds]
+    for low, high in itertools.pairwise(first_cell):
+        assert not torch.any(high & ~low)
+
+
+def test_a_smaller_top_k_never_raises_a_samples_cost(routed) -> None:
+    model, x = routed
+    flops = [trace_of(model, x, RoutingPolicy(0.0, top_k=k)).flops for k in range(7, 0, -1)]
+    for more, fewer in itertools.pairwise(flops):
+        assert torch.all(fewer <= more)
+    assert torch.all(flops[-1] < flops[0])
+
+
+def test_each_sample_pays_exactly_its_own_route(routed) -> None:
+    model, x = routed
+    batch = trace_of(model, x, RoutingPolicy(0.15))
+    # Two samples whose routes differ, and whose costs therefore differ.
+    i, j = next((i, j) for i in range(len(x)) for j in range(i + 1, len(x)) if batch.flops[i] != batch.flops[j])
+    pair = trace_of(model, x[[i, j]])
+    assert not torch.equal(pair.ran[0], pair.ran[1])
+    table = model.cost_table(28, 28)
+    for row, sample in enumerate((i, j)):
+        alone = trace_of(model, x[sample : sample + 1])
+        assert torch.equal(alone.ran[0], pair.ran[row])
+        # Independent sum over the cost table: stem + head, every cell's fixed part, and each branch that ran.
+        used = pair.ran[row]
+        by_hand = table.base_flops + int(table.cell_flops.sum()) + int(table.branch_flops[used].sum())
+        params_by_hand = table.base_params + int(table.cell_params.sum()) + int(table.branch_params[used].sum())
+        assert int(pair.flops[row]) == int(alone.flops[0]) == by_hand
+        assert int(pair.params[row]) == int(alone.params[0]) == params_by_hand
+        assert torch.equal(pair.cell_flops[row], alone.cell_flops[0])
+        # And what really ran for that image alone, counted by PyTorch.
+        assert measure_flops(model, x[sample : sample + 1]) == by_hand
+
+
+CASES = [("drnet", t, i) for i, t in enumerate((0.0, 0.05, 0.15, 0.3, 1.0))] + [
+    ("dense", None, 0),
+    ("mobilenetv2", None, 0),
+]
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 27, 30)])
+@pytest.mark.parametrize("name, threshold, index", CASES)
+def test_accounting_matches_flop_counter(tiny_model, mixed_batch, name, threshold, index, shape) -> None:
+    """Analytic per-image FLOPs vs what PyTorch counts on that single image (odd sizes included)."""
+    model = tiny_model(name, in_channels=shape[0])
+    if threshold is not None:
+        model.policy = RoutingPolicy(threshold)
+    x = mixed_batch(shape)[index : index + 1]
+    predicted = int(trace_of(model, x).flops[0])
+    measured = measure_flops(model, x)
+    assert abs(predicted - measured) <= 0.01 * measured, f"{name} t={threshold}: {predicted} vs {measured}"
+
+
+def test_skipped_branches_cost_no_compute(routed) -> None:
+    """The masked reference multiplies skipped branches by zero and so pays for them; sparse execution does not."""
+    model, x = routed
+    single = x[:1]
+    model.policy = RoutingPolicy(0.3)
+    sparse = measure_flops(model, single)
+    model.execution = "masked"
+    try:
+        masked = measure_flops(model, single)
+    finally:
+        model.execution = "sparse"
+    assert masked == trace_of(model, single).dense_flops
+    assert sparse == int(trace_of(model, single).flops[0]) < 0.6 * masked
+
+
+@pytest.mark.parametrize("name", ["drnet", "dense", "mobilenetv2"])
+def test_dense_params_count_every_parameter(tiny_model, name) -> None:
+    model = tiny_model(name)
+    assert model.cost_table(28, 28).dense_params == sum(p.numel() for p in model.parameters())
+
+
+def test_expected_cost_is_the_gate_weighted_branch_flops(routed) -> None:
+    model, x = routed
+    trace = trace_of(model, x, RoutingPolicy(0.15))
+    table = model.cost_table(28, 28)
+    hard = table.expected_flops_fraction(trace.ran.float())
+    branch_flops = trace.flops - table.base_flops - int(table.cell_flops.sum())
+    torch.testing.assert_close(hard, branch_flops.float() / int(table.branch_flops.sum()))
+    gates = trace.gates.clone().requires_grad_(True)
+    soft = table.expected_flops_fraction(gates)
+    soft.sum().backward()  # the training loss needs this gradient to reach the router
+    assert torch.all((soft > 0) & (soft < 1)) and gates.grad.abs().sum() > 0

@@ -1,0 +1,126 @@
+"""The launcher turns streamlit_config.toml into flags, and a started server really has them in force."""
+
+from __future__ import annotations
+
+import http.client
+import sys
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from app import launch
+from appkit import STARTUP_SECONDS, AppServer, app_server  # noqa: F401  (app_server is a fixture)
+
+MB = 1024 * 1024
+
+
+def test_flags_from_a_config(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[server]\nheadless = true\nmaxUploadSize = 7\n[browser]\ngatherUsageStats = false\n'
+        '[theme]\nbase = "light"\n[theme.sidebar]\nbackgroundColor = "#fff"\n[server.extra]\nlist = ["a", "b"]\n'
+    )
+    options = launch.resolve_options(["--server.port", "9", "--server.maxUploadSize=3"], config)
+    flags = launch.build_command(options)[launch.build_command({}).index(str(launch.MAIN)) + 1 :]
+    assert flags == [
+        "--server.headless=true",
+        "--server.maxUploadSize=3",  # the command line wins over the file
+        "--server.extra.list=a",
+        "--server.extra.list=b",
+        "--browser.gatherUsageStats=false",
+        "--theme.base=light",
+        "--theme.sidebar.backgroundColor=#fff",
+        "--server.port=9",
+    ]
+    assert launch.build_command(options)[:5] == [sys.executable, "-m", "streamlit", "run", str(launch.MAIN)]
+
+
+@pytest.mark.parametrize("args", [["port"], ["--server.port"], ["--port", "1"], ["--server.port", "--x.y=1"]])
+def test_bad_flags_are_refused_with_a_message(args: list[str]) -> None:
+    with pytest.raises(launch.LaunchError, match="--"):
+        launch.parse_overrides(args)
+    with pytest.raises(SystemExit, match="app.launch: "):
+        launch.main(args)
+
+
+def test_broken_config_files_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(launch.LaunchError, match="missing"):
+        launch.read_config(tmp_path / "none.toml")
+    (tmp_path / "bad.toml").write_text("[server\nport = 1")
+    with pytest.raises(launch.LaunchError, match="not valid TOML"):
+        launch.read_config(tmp_path / "bad.toml")
+
+
+def test_the_shipped_config_holds_the_server_settings() -> None:
+    options = launch.read_config()
+    assert options["server.enableXsrfProtection"] is True
+    assert options["server.maxUploadSize"] == 20
+    assert options["browser.gatherUsageStats"] is False
+    assert options["client.showErrorDetails"] == "none"
+    assert options["server.headless"] is True
+
+
+# ---- a real server, started the README's way (appkit.app_server) ----
+
+
+@contextmanager
+def browser_session(port: int, cookie: str, token: str) -> Iterator[str]:
+    """Open a session over the websocket as a browser does, and yield the id the server gives it."""
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+    from websockets.sync.client import connect
+
+    with connect(
+        f"ws://127.0.0.1:{port}/_stcore/stream",
+        subprotocols=["streamlit", token],
+        additional_headers={"Cookie": cookie, "Origin": f"http://127.0.0.1:{port}"},
+        open_timeout=60,
+    ) as ws:
+        request = BackMsg()
+        request.rerun_script.query_string = ""
+        ws.send(request.SerializeToString())
+        while True:
+            message = ForwardMsg()
+            message.ParseFromString(ws.recv(timeout=STARTUP_SECONDS))
+            if message.WhichOneof("type") == "new_session":
+                yield message.new_session.initialize.session_id
+                return
+
+
+def put_file(port: int, session: str, size: int, cookie: str = "", token: str = "") -> int:
+    """PUT an upload the way the browser does; for oversized files only the headers are sent."""
+    boundary = "drnets-test"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    connection.putrequest("PUT", f"/_stcore/upload_file/{session}/file{size}")
+    connection.putheader("Content-Type", f"multipart/form-data; boundary={boundary}")
+    connection.putheader("Content-Length", str(len(head) + size + len(tail)))
+    if cookie:
+        connection.putheader("Cookie", cookie)
+        connection.putheader("X-Xsrftoken", token)
+    connection.endheaders()
+    if size <= MB:
+        connection.send(head + b"0" * size + tail)
+    status = connection.getresponse().status
+    connection.close()
+    return status
+
+
+def test_started_app_has_the_settings_in_force(app_server: AppServer) -> None:
+    server = app_server.port
+    with urllib.request.urlopen(f"http://127.0.0.1:{server}/_stcore/health", timeout=30) as response:
+        assert response.read() == b"ok"
+        cookie = response.headers["Set-Cookie"].split(";")[0]
+    assert cookie.startswith("_streamlit_xsrf="), "XSRF protection hands out a token cookie"
+    token = cookie.split("=", 1)[1]
+    with browser_session(server, cookie, token) as session:
+        assert put_file(server, session, 1000) == 403, "an upload without the XSRF token is refused"
+        assert put_file(server, session, 1000, cookie, token) == 204
+        assert put_file(server, session, 21 * MB, cookie, token) == 413, "maxUploadSize = 20 MB is enforced"

@@ -1,0 +1,141 @@
+"""The training CLI on a tiny generated data set: outputs, determinism, SIGKILL + --resume, bad flags."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from drnets.checkpoint import load_checkpoint
+from drnets.cli import main
+from drnets.train import STATE_FILE
+from fakedata import TINY_DRNET, write_idx_dataset
+
+EPOCHS = 3
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_idx_dataset(tmp_path_factory.mktemp("fmnist"), n_train=128, n_test=32)
+
+
+def _command(data_root: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "drnets", "train", "--data", "fashion-mnist", "--data-root", str(data_root),
+        "--model-config", TINY_DRNET, "--epochs", str(EPOCHS), "--batch-size", "16", "--seed", "7",
+        "--no-progress", "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+def _train(data_root: Path, out: Path, *extra: str) -> dict:
+    done = subprocess.run(_command(data_root, out, *extra), env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(out / "model").model.state_dict()
+
+
+def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+@pytest.fixture(scope="module")
+def reference_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted run that the other tests compare against."""
+    out = tmp_path_factory.mktemp("reference")
+    _train(data_root, out)
+    return out
+
+
+def test_train_writes_checkpoint_log_and_args(reference_run: Path) -> None:
+    checkpoint = load_checkpoint(reference_run / "model")
+    assert checkpoint.name == "drnet" and checkpoint.model.config.channels == 4
+    assert checkpoint.training["dataset"] == "fashion-mnist" and checkpoint.training["input_size"] == [1, 28, 28]
+    assert checkpoint.training["epochs_done"] == EPOCHS
+    with open(reference_run / "log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, EPOCHS + 1))
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])  # it learns the bars
+    args = json.loads((reference_run / "args.json").read_text())
+    assert args["seed"] == 7 and args["epochs"] == EPOCHS and args["model_overrides"] == TINY_DRNET
+    state = torch.load(reference_run / STATE_FILE, weights_only=True)
+    assert int(state["epoch"]) == EPOCHS
+
+
+def test_same_seed_gives_identical_weights(data_root: Path, reference_run: Path, tmp_path: Path) -> None:
+    metrics = _train(data_root, tmp_path)
+    _assert_same_weights(_weights(tmp_path), _weights(reference_run))
+    with open(reference_run / "log.csv") as fh:
+        assert metrics["weights_sha256"] == list(csv.DictReader(fh))[-1]["weights_sha256"]
+
+
+def test_sigkill_mid_epoch_then_resume_reproduces_the_run(data_root: Path, reference_run: Path, tmp_path: Path) -> None:
+    process = subprocess.Popen(_command(data_root, tmp_path), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while not (tmp_path / "log.csv").exists():  # log.csv is the last file an epoch writes
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.monotonic() < deadline, "no epoch finished in time"
+            time.sleep(0.02)
+        assert process.poll() is None, "the run ended before it could be killed"
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.stderr.close()
+    assert process.returncode == -signal.SIGKILL
+
+    done = int(torch.load(tmp_path / STATE_FILE, weights_only=True)["epoch"])
+    assert 1 <= done < EPOCHS  # killed during a later epoch
+    checkpoint = load_checkpoint(tmp_path / "model")  # the last checkpoint is intact
+    assert checkpoint.training["epochs_done"] in (done - 1, done)  # killed between the two saves at worst
+
+    _train(data_root, tmp_path, "--resume")
+    _assert_same_weights(_weights(tmp_path), _weights(reference_run))
+    with open(tmp_path / "log.csv") as fh:
+        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == list(range(1, EPOCHS + 1))
+
+
+def test_resume_refuses_a_different_recipe(data_root: Path, reference_run: Path, capsys: pytest.CaptureFixture) -> None:
+    args = _command(data_root, reference_run, "--resume", "--lr", "0.1")[3:]
+    assert main(args) == 2
+    assert "lr: 0.003 -> 0.1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--epochs", "0"], "must be >= 1"),
+        (["--model", "nosuch"], "invalid choice: 'nosuch'"),
+        (["--model-config", "{bad"], "--model-config must be a JSON object"),
+        (["--model-config", '{"nosuch": 1}'], "invalid config for model 'drnet'"),
+        (["--data-root", "/nonexistent/fmnist"], "train-images-idx3-ubyte"),
+        (["--data", "cifar10"], "data_batch_1 not found"),
+        (["--resume"], "no train_state.pt"),
+    ],
+)
+def test_bad_flags_give_a_clear_error(
+    flags: list[str], message: str, data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    args = ["train", "--data-root", str(data_root), "--epochs", "1", "--limit", "16", "--out", str(tmp_path / "run"),
+            "--no-progress", *flags]  # fmt: skip
+    try:
+        code = main(args)
+    except SystemExit as exit_info:  # argparse rejects the flag itself
+        code = exit_info.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
