@@ -12,6 +12,8 @@ import streamlit as st
 
 from app.services import ImageSource, read_sample
 
+MAX_NAME = 60  # characters of an uploaded file's name shown in the pages
+
 # Widget keys (the sidebar's widgets; tests find them by these keys).
 MODELS_DIR = "models_dir"
 SAMPLE = "sample"
@@ -41,7 +43,7 @@ def settings() -> Settings:
 
 def images() -> list[ImageSource]:
     """Uploaded files first, then the picked sample; the same content twice counts once."""
-    picked = [ImageSource.of(f.name, f.getvalue()) for f in st.session_state.get(UPLOADS) or []]
+    picked = [ImageSource.of(display_name(f.name), f.getvalue()) for f in st.session_state.get(UPLOADS) or []]
     sample = st.session_state.get(SAMPLE)
     if sample:
         picked.append(ImageSource.of(sample_label(sample), read_sample(sample)))
@@ -53,6 +55,11 @@ def focus(sources: list[ImageSource]) -> ImageSource | None:
     """The image the detailed views show: the sidebar's choice, else the first one."""
     chosen = st.session_state.get(FOCUS)
     return next((s for s in sources if s.digest == chosen), sources[0] if sources else None)
+
+
+def display_name(file_name: str) -> str:
+    """An uploaded file's name, shortened for headings and tables."""
+    return file_name if len(file_name) <= MAX_NAME else file_name[: MAX_NAME - 1] + "…"
 
 
 def sample_label(file_name: str) -> str:

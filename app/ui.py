@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -40,6 +41,11 @@ def require_drnet(models: ModelSet) -> None:
         "mobilenetv2/ and dense/) checkpoints, as `python -m drnets train` writes them."
     )
     st.stop()
+
+
+def md(text: str) -> str:
+    """User-supplied text (file names) made inert in Markdown: no links or formatting smuggled in."""
+    return re.sub(r"([\\`*_{}\[\]()#+!|<>~$])", r"\\\1", text)
 
 
 def si(value: float, unit: str = "") -> str:

@@ -93,7 +93,7 @@ class Cell(nn.Module):
         ``forced_ran`` ([B or 1, E, K] bool) replaces the router's selection, e.g. to keep
         the route of a real image fixed while attribution methods perturb it.
         """
-        s0, s1 = self.preprocess0(_channels_last(s0)), self.preprocess1(_channels_last(s1))
+        s0, s1 = self.preprocess0(s0), self.preprocess1(s1)
         weights, ran = self.route(s0, s1, policy, temperature)
         if forced_ran is not None:
             ran = forced_ran.to(ran.device).expand_as(ran)
@@ -167,14 +167,6 @@ def _route_plan(ran: torch.Tensor, device: torch.device) -> tuple[list[int], tup
         return counts, ()
     samples = by_branch.nonzero()[:, 1].to(device)  # grouped by branch, ascending sample
     return counts, samples.split(counts)
-
-
-def _channels_last(t: torch.Tensor) -> torch.Tensor:
-    """Cells compute in channels_last (NHWC) memory: on CPU its depthwise convs and pools run
-    2-4x faster than NCHW, and a fixed layout stops PyTorch from flipping layouts between ops
-    (1x1 convs and 1-channel inputs are ambiguous, and were handed out as NHWC mid-network).
-    A no-op for a tensor already in that layout. Measurements: docs/BENCHMARKS.md "Profiling"."""
-    return t.contiguous(memory_format=torch.channels_last)
 
 
 def _is_channels_last(t: torch.Tensor) -> bool:

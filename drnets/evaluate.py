@@ -13,8 +13,9 @@ import csv
 import io
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,7 @@ import torch
 
 from .checkpoint import Checkpoint, atomic_write_text, load_checkpoint
 from .data import DATASETS, ImageSet, load_dataset, normalization, to_input
+from .device import pick_device
 from .model import DRNet
 from .router import RoutingPolicy
 from .trace import RoutingTrace
@@ -99,7 +101,10 @@ def _per_class(trace: RoutingTrace, labels: torch.Tensor, class_names: list[str]
         }
     )
     stats = frame.groupby("index").agg(
-        n=("correct", "size"), accuracy=("correct", "mean"), flops_mean=("flops", "mean"), params_used_mean=("params", "mean")
+        n=("correct", "size"),
+        accuracy=("correct", "mean"),
+        flops_mean=("flops", "mean"),
+        params_used_mean=("params", "mean"),
     )
     return [
         {
@@ -125,7 +130,12 @@ def _branch_usage(trace: RoutingTrace, labels: torch.Tensor, class_names: list[s
     per_class = (one_hot.T @ ran_per_sample) / (one_hot.sum(0).view(-1, 1) * edges)  # [classes present, L*K]
     per_class = per_class.view(len(present), cells, k)
     by_class = [
-        {"class": class_names[int(c)], "cell": cell, "branch": trace.branch_names[b], "usage": float(per_class[i, cell, b])}
+        {
+            "class": class_names[int(c)],
+            "cell": cell,
+            "branch": trace.branch_names[b],
+            "usage": float(per_class[i, cell, b]),
+        }
         for i, c in enumerate(present)
         for cell in range(cells)
         for b in range(k)
@@ -186,8 +196,14 @@ def evaluate(
             threshold is added); None or empty skips the sweep.
 
     Returns:
-        The ``eval.json`` dict (see README "Evaluation"): totals, ``per_class``,
-        ``branch_usage``, ``cell_usage``, ``extremes`` and ``sweep``.
+        The ``eval.json`` dict: totals (``accuracy``, ``flops_mean``/``p50``/``p90``/``p99``/
+        ``min``/``max``, ``params_used_mean``, ``dense_flops``, ``dense_params``), ``per_class``
+        rows, ``branch_usage`` per (class, cell, branch) and ``cell_usage`` per (cell, branch) as
+        the share of (image, edge) pairs that ran the branch, the 5 cheapest and 5 most
+        expensive images with their pixels (``extremes``) and the ``sweep`` rows.
+
+    The model's routing policy is changed during the passes and restored afterwards: do
+    not evaluate a model that another thread is running.
 
     Example:
         >>> result = evaluate(load_checkpoint("assets/models/drnet"), load_dataset("fashion-mnist", "test"))
@@ -268,13 +284,19 @@ def format_summary(result: dict[str, Any]) -> str:
         + (f", threshold {result['threshold']}" if result["threshold"] is not None else "")
         + (f", top-k {result['top_k']}" if result["top_k"] is not None else ""),
         f"accuracy            {result['accuracy']:.4f}",
-        f"MFLOPs (2×MACs)     mean {result['flops_mean'] / m:.3f}  p50 {result['flops_p50'] / m:.3f}  "
-        f"p90 {result['flops_p90'] / m:.3f}  p99 {result['flops_p99'] / m:.3f}  "
-        f"min {result['flops_min'] / m:.3f}  max {result['flops_max'] / m:.3f}",
-        f"                    dense network {result['dense_flops'] / m:.3f} "
-        f"({result['flops_mean'] / result['dense_flops']:.1%} used on average)",
-        f"params used         mean {result['params_used_mean']:,.0f} of {result['dense_params']:,} "
-        f"({result['params_used_mean'] / result['dense_params']:.1%})",
+        (
+            f"MFLOPs (2×MACs)     mean {result['flops_mean'] / m:.3f}  p50 {result['flops_p50'] / m:.3f}  "
+            f"p90 {result['flops_p90'] / m:.3f}  p99 {result['flops_p99'] / m:.3f}  "
+            f"min {result['flops_min'] / m:.3f}  max {result['flops_max'] / m:.3f}"
+        ),
+        (
+            f"                    dense network {result['dense_flops'] / m:.3f} "
+            f"({result['flops_mean'] / result['dense_flops']:.1%} used on average)"
+        ),
+        (
+            f"params used         mean {result['params_used_mean']:,.0f} of {result['dense_params']:,} "
+            f"({result['params_used_mean'] / result['dense_params']:.1%})"
+        ),
         f"time                {result['seconds']:.1f} s",
         "",
         "per class, cheapest first:",
@@ -286,7 +308,11 @@ def format_summary(result: dict[str, Any]) -> str:
             f"{row['flops_mean'] / result['flops_mean'] - 1:>+8.1%}"
         )
     if result["sweep"]:
-        lines += ["", "threshold sweep:", f"  {'threshold':>9} {'accuracy':>9} {'MFLOPs (2×MACs)':>16} {'params used':>12}"]
+        lines += [
+            "",
+            "threshold sweep:",
+            f"  {'threshold':>9} {'accuracy':>9} {'MFLOPs (2×MACs)':>16} {'params used':>12}",
+        ]
         for row in result["sweep"]:
             lines.append(
                 f"  {row['threshold']:>9.2f} {row['accuracy']:>9.4f} {row['flops_mean'] / m:>16.3f} "
@@ -307,7 +333,7 @@ def write_results(out: Path, result: dict[str, Any]) -> list[Path]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    checkpoint = load_checkpoint(args.checkpoint)
+    checkpoint = load_checkpoint(args.checkpoint, map_location=pick_device(args.device))
     name = args.data or checkpoint.training.get("dataset", "fashion-mnist")
     data = load_dataset(name, args.split, args.data_root).subset(args.limit)
     result = evaluate(
@@ -328,6 +354,16 @@ def _threshold(text: str) -> float:
     return value
 
 
+def _device(text: str) -> str:
+    try:
+        device = torch.device(text)
+    except RuntimeError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError("no CUDA GPU is available here")
+    return text
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -346,6 +382,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=_threshold, default=None, help="routing threshold t (default: the model's)")
     p.add_argument("--top-k", type=_positive, default=None, help="keep at most k branches per edge")
     p.add_argument("--batch-size", type=_positive, default=256)
+    p.add_argument(
+        "--device", type=_device, default=None, help="cpu, cuda, cuda:1, ... (default: the GPU if there is one)"
+    )
     p.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=True,
                    help=f"also evaluate thresholds {', '.join(map(str, SWEEP_THRESHOLDS))} (DRNets)")  # fmt: skip
     p.add_argument("--out", default=None, help="folder to write eval.json (and sweep.csv) into")

@@ -135,8 +135,13 @@ class FactorizedReduce(Branch):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.op(x)
-        # The second path is shifted by one pixel; pad so odd sizes line up with the first path.
-        shifted = nn.functional.pad(x[:, :, 1:, 1:], (0, 1, 0, 1))
+        # The second path is shifted by one pixel; an odd size needs one zero row/column so
+        # both paths end at the same size. Even sizes already do, and skip the padding copy
+        # (3-4% of a batch-64 DRNet forward on CPU, docs/BENCHMARKS.md "Profiling").
+        h, w = x.shape[-2:]
+        shifted = x[:, :, 1:, 1:]
+        if h % 2 or w % 2:
+            shifted = nn.functional.pad(shifted, (0, w % 2, 0, h % 2))
         return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
 
     def flops(self, h: int, w: int) -> int:

@@ -5,7 +5,8 @@ models, ``cost_weight`` x the expected FLOPs fraction (router-weighted branch FL
 over the dense branches' FLOPs). The Gumbel-Softmax temperature anneals
 geometrically from ``tau_start`` to ``tau_end``. Every epoch reseeds from
 (seed, epoch, rank), so a run resumed from an epoch checkpoint repeats the
-uninterrupted run bit for bit on CPU.
+uninterrupted run bit for bit on CPU (with the same number of threads: another
+thread count may sum convolutions in another order).
 
 Under torchrun every rank takes its share of one shared permutation per epoch, DDP
 averages the gradients, and at each epoch end the batch-norm running statistics are
@@ -21,6 +22,7 @@ import io
 import json
 import math
 import os
+import pickle
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +40,7 @@ from .device import pick_device
 from .model import DRNet, create_model
 
 STATE_FILE = "train_state.pt"
+STATE_KEYS = {"model", "optimizer", "scheduler", "epoch", "history"}
 # Recipe fields that may change between an interrupted run and its --resume.
 RESUMABLE_CHANGES = ("out", "log_every", "data_root")
 
@@ -136,7 +139,7 @@ def build_model(cfg: TrainConfig, data: ImageSet) -> nn.Module:
     return create_model(cfg.model, **overrides)
 
 
-def build_optimizer(cfg: TrainConfig, model: nn.Module, total_steps: int):  # noqa: ANN201 - (optimizer, scheduler)
+def build_optimizer(cfg: TrainConfig, model: nn.Module, total_steps: int):
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps)
     return optimizer, scheduler
@@ -146,7 +149,9 @@ def steps_per_epoch(n: int, world_size: int, batch_size: int) -> int:
     return math.ceil(math.ceil(n / world_size) / batch_size)
 
 
-def training_loss(model: nn.Module, logits: torch.Tensor, trace, labels: torch.Tensor, cfg: TrainConfig, h: int, w: int):
+def training_loss(
+    model: nn.Module, logits: torch.Tensor, trace, labels: torch.Tensor, cfg: TrainConfig, h: int, w: int
+):
     """(loss to minimise, cross-entropy part); ``model`` may be wrapped in DDP."""
     ce = F.cross_entropy(logits, labels)
     core = model.module if hasattr(model, "module") else model
@@ -206,8 +211,11 @@ def _load_state(path: Path, cfg: TrainConfig) -> dict[str, Any]:
         raise FileNotFoundError(f"--resume: no {STATE_FILE} in {path.parent}; start without --resume")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)  # never runs pickled code
-    except Exception as err:  # truncated, foreign or code-carrying files fail in many ways
-        raise ValueError(f"--resume: {path} is not a readable drnets training state: {err}") from None
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:  # truncated or foreign
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"--resume: {path} is not a readable drnets training state: {reason}") from None
+    if not isinstance(state, dict) or not STATE_KEYS <= set(state):
+        raise ValueError(f"--resume: {path} is not a readable drnets training state: expected {sorted(STATE_KEYS)}")
     saved = json.loads(state.get("recipe", "{}"))
     changed = [k for k, v in asdict(cfg).items() if k in saved and saved[k] != v and k not in RESUMABLE_CHANGES]
     if changed:
@@ -290,7 +298,9 @@ def fit(
             )
             if i % cfg.log_every == 0:
                 bar.set_postfix(
-                    loss=f"{sums[0] / sums[2]:.3f}", acc=f"{sums[1] / sums[2]:.3f}", mflops=f"{sums[3] / sums[2] / 1e6:.1f}"
+                    loss=f"{sums[0] / sums[2]:.3f}",
+                    acc=f"{sums[1] / sums[2]:.3f}",
+                    mflops=f"{sums[3] / sums[2] / 1e6:.1f}",
                 )
         if ctx.world_size > 1:
             dist.all_reduce(sums, op=dist.ReduceOp.SUM)  # log the whole epoch, not rank 0's share

@@ -37,8 +37,9 @@ EVAL_IMAGES = 48  # enough for every class to appear in eval.json, small enough 
 
 
 def shipped() -> Path | None:
-    """assets/models when all three checkpoints are there."""
-    ok = all((ASSETS / name / "config.json").is_file() and (ASSETS / name / "model.safetensors").is_file() for name in NAMES)
+    """assets/models when all three checkpoints and their evaluations are there."""
+    files = ("config.json", "model.safetensors", "eval.json")
+    ok = all((ASSETS / name / f).is_file() for name in NAMES for f in files)
     return ASSETS if ok else None
 
 

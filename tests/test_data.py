@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakedata import cifar_batch, class_images, idx_bytes, write_cifar10, write_cifar100, write_idx_dataset
 from PIL import Image
 
 from drnets.data import (
@@ -22,8 +23,6 @@ from drnets.data import (
     read_idx,
     to_input,
 )
-from fakedata import cifar_batch, class_images, idx_bytes, write_cifar10, write_cifar100, write_idx_dataset
-
 
 # ---- Fashion-MNIST idx ----
 
@@ -138,7 +137,7 @@ class _Payload:
     def __init__(self, marker: Path):
         self.marker = marker
 
-    def __reduce__(self):  # noqa: ANN204 - pickle protocol
+    def __reduce__(self):
         return os.system, (f"touch {self.marker}",)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fakedata import TINY_DRNET, write_idx_dataset
 
 from drnets.checkpoint import load_checkpoint
 from drnets.data import load_dataset, normalization
@@ -34,7 +35,6 @@ from drnets.train import (
     temperature_at,
     training_loss,
 )
-from fakedata import TINY_DRNET, write_idx_dataset
 
 WORLD = 2
 
@@ -64,7 +64,9 @@ def reference_ddp(cfg: TrainConfig, world: int) -> dict[str, torch.Tensor]:
                 torch.set_rng_state(rng_states[rank])
                 for name, buffer in model.named_buffers():
                     buffer.copy_(rank_buffers[rank][name])
-                x, y = make_batch(data, orders[rank][i * cfg.batch_size : (i + 1) * cfg.batch_size], gens[rank], mean, std)
+                x, y = make_batch(
+                    data, orders[rank][i * cfg.batch_size : (i + 1) * cfg.batch_size], gens[rank], mean, std
+                )
                 logits, trace = model(x)
                 loss, _ = training_loss(model, logits, trace, y, cfg, *data.images.shape[1:3])
                 optimizer.zero_grad(set_to_none=True)
@@ -99,7 +101,7 @@ def test_two_gloo_ranks_match_the_single_process_computation(tmp_path: Path) -> 
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD),
                "-m", "drnets", "train", "--no-progress", *(v for kv in flags.items() for v in kv)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
 
     # Every rank prints its final metrics: both ranks hold the same weights.

@@ -88,7 +88,7 @@ def test_upload_a_photo_and_a_broken_file_then_move_the_threshold(page, app_serv
     assert before == si(appkit.drnet_flops(app_server.models, photo, threshold))
     shot(page, "2_uploaded")
 
-    slider = page.locator('[data-testid="stSlider"] [role="slider"]').first
+    slider = page.locator('[data-testid="stSlider"] input[type="range"]').first
     slider.focus()
     for _ in range(round(threshold / 0.01)):
         page.keyboard.press("ArrowLeft")

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from fakedata import write_idx_dataset
 
 from drnets.checkpoint import load_checkpoint, save_checkpoint
 from drnets.cli import main
 from drnets.data import FASHION_MNIST_CLASSES, load_dataset
 from drnets.evaluate import SWEEP_THRESHOLDS, evaluate
 from drnets.model import create_model
-from fakedata import write_idx_dataset
 
 TOP_KEYS = {
     "model", "dataset", "split", "n", "threshold", "top_k", "accuracy", "flops_mean", "flops_p50", "flops_p90",
@@ -31,7 +32,7 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_idx_dataset(tmp_path_factory.mktemp("fmnist"), n_train=8, n_test=64)
 
 
-def _checkpoint(root: Path, name: str, **config) -> Path:  # noqa: ANN003 - model config
+def _checkpoint(root: Path, name: str, **config) -> Path:
     torch.manual_seed(0)
     model = create_model(name, **config)
     if name == "drnet":
@@ -60,7 +61,9 @@ def test_eval_json_contract_and_sums(drnet_dir: Path, data_root: Path, capsys: p
     assert set(result) == TOP_KEYS
     assert (result["model"], result["dataset"], result["split"], result["n"]) == ("drnet", "fashion-mnist", "test", N)
     assert result["threshold"] == 0.1 and result["top_k"] is None
-    assert result["flops_min"] <= result["flops_p50"] <= result["flops_p90"] <= result["flops_p99"] <= result["flops_max"]
+    assert (
+        result["flops_min"] <= result["flops_p50"] <= result["flops_p90"] <= result["flops_p99"] <= result["flops_max"]
+    )
     assert result["flops_min"] < result["flops_max"] <= result["dense_flops"]  # routing varies per image
     assert 0 < result["params_used_mean"] <= result["dense_params"]
 
@@ -69,7 +72,11 @@ def test_eval_json_contract_and_sums(drnet_dir: Path, data_root: Path, capsys: p
     assert {r["class"] for r in per_class} <= set(FASHION_MNIST_CLASSES)
     assert all(FASHION_MNIST_CLASSES[r["index"]] == r["class"] for r in per_class)
     assert sum(r["n"] for r in per_class) == N
-    for key, total in (("accuracy", "accuracy"), ("flops_mean", "flops_mean"), ("params_used_mean", "params_used_mean")):
+    for key, total in (
+        ("accuracy", "accuracy"),
+        ("flops_mean", "flops_mean"),
+        ("params_used_mean", "params_used_mean"),
+    ):
         assert sum(r[key] * r["n"] for r in per_class) == pytest.approx(result[total] * N, rel=1e-9)
 
     # Branch usage per class, weighted by class size, is the usage per cell; both are fractions.
@@ -78,7 +85,9 @@ def test_eval_json_contract_and_sums(drnet_dir: Path, data_root: Path, capsys: p
     sizes = {r["class"]: r["n"] for r in per_class}
     weighted: dict[tuple[int, str], float] = {}
     for r in result["branch_usage"]:
-        weighted[(r["cell"], r["branch"])] = weighted.get((r["cell"], r["branch"]), 0) + r["usage"] * sizes[r["class"]] / N
+        weighted[(r["cell"], r["branch"])] = (
+            weighted.get((r["cell"], r["branch"]), 0) + r["usage"] * sizes[r["class"]] / N
+        )
     assert weighted == pytest.approx(cell_usage)
 
     # Extremes: 5 each, ordered, with the raw test image so the app can rerun it.
@@ -99,7 +108,7 @@ def test_eval_json_contract_and_sums(drnet_dir: Path, data_root: Path, capsys: p
     flops = [r["flops_mean"] for r in sweep]
     # Later cells' routes depend on earlier cells' outputs, so this is a property of this seeded
     # model rather than a theorem; for the first cell it is exact (its gates do not depend on t).
-    assert all(a >= b for a, b in zip(flops, flops[1:])) and flops[0] > flops[-1]
+    assert all(a >= b for a, b in itertools.pairwise(flops)) and flops[0] > flops[-1]
     assert sweep[0]["flops_mean"] == result["dense_flops"]  # t = 0 runs every branch
 
 
@@ -132,9 +141,7 @@ def test_no_sweep_and_policy_is_restored(drnet_dir: Path, data_root: Path) -> No
 
 
 @pytest.mark.parametrize(("name", "config"), [("mobilenetv2", {"width_mult": 0.25}), ("dense", TINY)])
-def test_static_models(
-    name: str, config: dict, data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
+def test_static_models(name: str, config: dict, data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     ckpt = _checkpoint(tmp_path, name, **config)
     result = _eval_json(capsys, "--checkpoint", str(ckpt), "--data-root", str(data_root), "--limit", "8", "--out",
                         str(tmp_path / "out"))  # fmt: skip

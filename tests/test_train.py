@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -13,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from fakedata import TINY_DRNET, write_idx_dataset
 
 from drnets.checkpoint import load_checkpoint
 from drnets.cli import main
 from drnets.train import STATE_FILE
-from fakedata import TINY_DRNET, write_idx_dataset
 
 EPOCHS = 3
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -37,7 +39,9 @@ def _command(data_root: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _train(data_root: Path, out: Path, *extra: str) -> dict:
-    done = subprocess.run(_command(data_root, out, *extra), env=ENV, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        _command(data_root, out, *extra), env=ENV, capture_output=True, text=True, timeout=300, check=False
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -83,7 +87,9 @@ def test_same_seed_gives_identical_weights(data_root: Path, reference_run: Path,
 
 
 def test_sigkill_mid_epoch_then_resume_reproduces_the_run(data_root: Path, reference_run: Path, tmp_path: Path) -> None:
-    process = subprocess.Popen(_command(data_root, tmp_path), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        _command(data_root, tmp_path), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         deadline = time.monotonic() + 240
         while not (tmp_path / "log.csv").exists():  # log.csv is the last file an epoch writes
@@ -139,3 +145,21 @@ def test_bad_flags_give_a_clear_error(
         code = exit_info.code
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def _saved(obj: object) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"PK\x03\x04 truncated zip", pickle.dumps({"model": 1}), _saved({"model": torch.zeros(1)})]
+)
+def test_resume_refuses_an_unreadable_state(
+    content: bytes, data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / STATE_FILE).write_bytes(content)
+    assert main(_command(data_root, tmp_path, "--resume")[3:]) == 2
+    err = capsys.readouterr().err
+    assert "not a readable drnets training state" in err and "Traceback" not in err

@@ -32,7 +32,7 @@ def main() -> None:
     try:
         a = analyse(models, source, settings.threshold, settings.top_k, max_bytes)
     except UploadError as err:
-        st.error(f"**{source.name}** cannot be used: {err}", icon=":material/broken_image:")
+        st.error(f"**{ui.md(source.name)}** cannot be used: {err}", icon=":material/broken_image:")
         return
     names = [n for n in COMPARED if n in a.runs]
     header_ui(a, models, names)
@@ -58,7 +58,7 @@ def main() -> None:
 
 def header_ui(a: Analysis, models: ModelSet, names: list[str]) -> None:
     columns = st.columns([1, *[2] * len(names)])
-    columns[0].image(ui.pixelated(a.prepared.seen, 112), caption=f"{a.source.name}, as the model saw it")
+    columns[0].image(ui.pixelated(a.prepared.seen, 112), caption=f"{ui.md(a.source.name)}, as the model saw it")
     for column, name in zip(columns[1:], names):
         run = a.runs[name]
         with column:

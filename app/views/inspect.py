@@ -34,7 +34,8 @@ def main() -> None:
     if not analyses:
         st.info("Pick a sample or upload a photo in the sidebar to see how DRNet routes it.", icon=":material/arrow_back:")
         return
-    current = next(a for a in analyses if a.source is state.focus([a.source for a in analyses]))
+    focused = state.focus([a.source for a in analyses])
+    current = next(a for a in analyses if a.source is focused)
     if len(analyses) > 1:
         summary_ui(analyses, models)
     figs: dict[str, go.Figure] = {}
@@ -45,7 +46,7 @@ def main() -> None:
     with ui.guard("drawing the route"):
         figs |= routing_ui(current, models, settings.threshold)
     with ui.guard("drawing the accuracy-vs-FLOPs curve"):
-        figs |= sweep_ui(current, models, settings.threshold)
+        figs |= sweep_ui(current, models, settings)
     with ui.guard("preparing the downloads"):
         export_ui(analyses, models, settings, figs)
 
@@ -56,13 +57,13 @@ def analyses_ui(models: ModelSet, settings: state.Settings) -> list[Analysis]:
     analyses = []
     for source in state.images():
         try:
-            with st.spinner(f"Running {source.name}…"):
+            with st.spinner(f"Running {ui.md(source.name)}…"):
                 analyses.append(analyse(models, source, settings.threshold, settings.top_k, max_bytes))
         except UploadError as err:
-            st.error(f"**{source.name}** cannot be used: {err}", icon=":material/broken_image:")
+            st.error(f"**{ui.md(source.name)}** cannot be used: {err}", icon=":material/broken_image:")
         except Exception:
             ui.log.exception("analysing %s", source.name)
-            st.error(f"**{source.name}**: something went wrong while analysing it; the details are in the server log.")
+            st.error(f"**{ui.md(source.name)}**: something went wrong while analysing it; the details are in the server log.")
     return analyses
 
 
@@ -91,7 +92,7 @@ def summary_ui(analyses: list[Analysis], models: ModelSet) -> None:
 
 
 def image_ui(a: Analysis, models: ModelSet) -> dict[str, go.Figure]:
-    st.subheader(a.source.name)
+    st.subheader(ui.md(a.source.name))
     left, right = st.columns([1, 3], gap="large")
     with left:
         original, seen = st.columns(2)
@@ -196,7 +197,7 @@ def routing_ui(a: Analysis, models: ModelSet, threshold: float) -> dict[str, go.
     return figs
 
 
-def sweep_ui(a: Analysis, models: ModelSet, threshold: float) -> dict[str, go.Figure]:
+def sweep_ui(a: Analysis, models: ModelSet, settings: state.Settings) -> dict[str, go.Figure]:
     st.markdown("#### Threshold vs accuracy on the whole test set")
     sweep = load_sweep(models)
     if sweep.empty:
@@ -207,12 +208,16 @@ def sweep_ui(a: Analysis, models: ModelSet, threshold: float) -> dict[str, go.Fi
         evaluation = load_eval(models, name)
         if evaluation:
             baselines[LABELS[name]] = (evaluation["flops_mean"], evaluation["accuracy"])
-    fig = figures.sweep_curve(sweep, current=sweep_point(sweep, threshold), baselines=baselines)
+    # The sweep was run without a top-k limit, so the current setting lies on it only without one.
+    current = sweep_point(sweep, settings.threshold) if settings.top_k is None else None
+    fig = figures.sweep_curve(sweep, current=current, baselines=baselines)
     ui.chart(fig, key="sweep_curve")
-    st.caption(
-        f"The star is the threshold t = {threshold:.2f} set in the sidebar; move it and the star moves along the curve. "
-        f"At this setting this image cost {ui.si(a.runs['drnet'].flops)} {ui.FLOPS}."
+    where = (
+        f"The star is the threshold t = {settings.threshold:.2f} set in the sidebar; move it and the star moves along the curve."
+        if current
+        else "The curve is without a top-k limit, so the current setting is not on it."
     )
+    st.caption(f"{where} At this setting this image cost {ui.si(a.runs['drnet'].flops)} {ui.FLOPS}.")
     return {"sweep": fig}
 
 

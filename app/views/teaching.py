@@ -6,8 +6,18 @@ import pandas as pd
 import streamlit as st
 
 from app import figures, state, ui
-from app.services import Analysis, ModelSet, analyse, branch_costs, cells_table, dense_cell_flops, load_models, read_sample
-from app.services import ImageSource, list_samples
+from app.services import (
+    Analysis,
+    ImageSource,
+    ModelSet,
+    analyse,
+    branch_costs,
+    cells_table,
+    dense_cell_flops,
+    list_samples,
+    load_models,
+    read_sample,
+)
 from drnets.upload import UploadError
 
 STEPS = ("1 · Cells", "2 · Edges", "3 · Branches", "4 · Router", "5 · Gate", "6 · Skip")
@@ -27,7 +37,7 @@ def main() -> None:
     try:
         a = analyse(models, source, settings.threshold, settings.top_k, max_bytes)
     except UploadError as err:
-        st.error(f"**{source.name}** cannot be used: {err}")
+        st.error(f"**{ui.md(source.name)}** cannot be used: {err}")
         return
     left, right = st.columns([4, 1])
     with left:
@@ -36,7 +46,7 @@ def main() -> None:
         st.button("Next step", key="teaching_next", on_click=_next, disabled=step == STEPS[-1], icon=":material/arrow_forward:")
     picture, story = st.columns([1, 5], gap="large")
     with picture:
-        st.image(ui.pixelated(a.prepared.seen, 140), caption=f"{a.source.name}\n\nDRNet says: {models.class_names[a.runs['drnet'].pred]}")
+        st.image(ui.pixelated(a.prepared.seen, 140), caption=f"{ui.md(a.source.name)}\n\nDRNet says: {models.class_names[a.runs['drnet'].pred]}")
     with story, ui.guard("drawing this step"):
         STEP_VIEWS[STEPS.index(step)](a, models, settings.threshold)
 
