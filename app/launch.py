@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import os
 import sys
-import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import tomllib
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "streamlit_config.toml"
 MAIN = ROOT / "app" / "main.py"
+RAM_DIR = Path("/dev/shm") / f"drnets-app-{os.getuid()}"  # tmpfs on Linux: temporary files stay in memory
 
 
 class LaunchError(ValueError):
@@ -104,12 +106,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     except LaunchError as err:
         sys.exit(f"app.launch: {err}")
     print(f"drnets app: http://localhost:{options.get('server.port', 8501)} (settings from {CONFIG.name})")
-    # The pages import `app.*` and `drnets`; the repository root must be importable
-    # whatever the current directory is.
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env = server_env(os.environ)
     sys.stdout.flush()
     # exec, not a child process: the launcher's pid is the server's, so stopping one stops the other.
     os.execve(sys.executable, command, env)
+
+
+def server_env(environ: Mapping[str, str], ram_dir: Path = RAM_DIR) -> dict[str, str]:
+    """The server's environment.
+
+    The pages import ``app.*`` and ``drnets``, so the repository root goes on PYTHONPATH.
+    Starlette spools an upload larger than 1 MB into a temporary file while it parses it;
+    pointing TMPDIR at a RAM-backed folder keeps uploaded bytes off the disk. A TMPDIR the
+    user set is kept.
+    """
+    env = dict(environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), environ.get("PYTHONPATH")])))
+    if "TMPDIR" not in environ and ram_dir.parent.is_dir() and os.access(ram_dir.parent, os.W_OK):
+        ram_dir.mkdir(mode=0o700, exist_ok=True)
+        env["TMPDIR"] = str(ram_dir)
+    return env
 
 
 if __name__ == "__main__":

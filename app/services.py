@@ -190,7 +190,7 @@ def _run(model: nn.Module, x: torch.Tensor, name: str) -> ModelRun:
     with torch.inference_mode():
         for _ in range(LATENCY_RUNS):
             started = time.perf_counter()
-            logits, trace = model(x)
+            _, trace = model(x)
             if x.device.type == "cuda":
                 torch.cuda.synchronize(x.device)
             timings.append(time.perf_counter() - started)
@@ -198,7 +198,9 @@ def _run(model: nn.Module, x: torch.Tensor, name: str) -> ModelRun:
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def prepare(digest: str, _data: bytes, input_size: tuple[int, int, int], mean: tuple, std: tuple, max_bytes: int) -> PreparedImage:
+def prepare(
+    digest: str, _data: bytes, input_size: tuple[int, int, int], mean: tuple, std: tuple, max_bytes: int
+) -> PreparedImage:
     """Preprocess an upload once per content hash; ``UploadError`` propagates (and is not cached)."""
     return prepare_upload(_data, input_size=input_size, mean=mean, std=std, max_bytes=max_bytes)
 
@@ -223,11 +225,20 @@ def run_all(models: ModelSet, digest: str, x: torch.Tensor, threshold: float, to
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def explain(
-    _models: ModelSet, models_key: str, digest: str, _x: torch.Tensor, name: str, method: str, threshold: float, top_k: int | None
+    _models: ModelSet,
+    models_key: str,
+    digest: str,
+    _x: torch.Tensor,
+    name: str,
+    method: str,
+    threshold: float,
+    top_k: int | None,
 ) -> Attribution:
     """An attribution with the route the image takes under these settings frozen (see drnets.attribution)."""
     model = routed(_models.get(name).model, RoutingPolicy(threshold, top_k) if name == "drnet" else None)
-    black = float(np.mean([-m / s for m, s in zip(_models.mean, _models.std)]))  # a black image, normalised
+    black = float(
+        np.mean([-m / s for m, s in zip(_models.mean, _models.std, strict=True)])
+    )  # a black image, normalised
     return attribute(model, _x.to(_models.device), method, baseline=black)
 
 
@@ -286,7 +297,9 @@ def load_sweep(models: ModelSet) -> pd.DataFrame:
         except (OSError, ValueError):
             pass
     evaluation = load_eval(models, "drnet") or {}
-    return pd.DataFrame(evaluation.get("sweep") or [], columns=["threshold", "accuracy", "flops_mean", "params_used_mean"])
+    return pd.DataFrame(
+        evaluation.get("sweep") or [], columns=["threshold", "accuracy", "flops_mean", "params_used_mean"]
+    )
 
 
 def sweep_point(sweep: pd.DataFrame, threshold: float) -> tuple[float, float] | None:
@@ -320,7 +333,7 @@ class ImageSource:
     digest: str
 
     @staticmethod
-    def of(name: str, data: bytes) -> "ImageSource":
+    def of(name: str, data: bytes) -> ImageSource:
         return ImageSource(name, data, hashlib.sha256(data).hexdigest())
 
 
@@ -347,9 +360,9 @@ def cells_table(models: ModelSet) -> pd.DataFrame:
         {
             "cell": range(len(model.cells)),
             "kind": ["reduction (½ size, 2× channels)" if c.reduction else "normal" for c in model.cells],
-            "channels per node": [c.channels for c in model.cells],
+            "channels": [c.channels for c in model.cells],
             "edges": [len(c.edges) for c in model.cells],
-            "branches per edge": [len(c.branch_names) for c in model.cells],
-            "FLOPs with every branch": dense,
+            "branches": [len(c.branch_names) for c in model.cells],
+            "FLOPs, all on": dense,
         }
     )

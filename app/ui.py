@@ -28,7 +28,9 @@ def guard(doing: str) -> Iterator[None]:
         yield
     except Exception:
         log.exception("error while %s", doing)
-        st.error(f"Something went wrong while {doing}. The details are in the server log; the rest of the page still works.")
+        st.error(
+            f"Something went wrong while {doing}. The details are in the server log; the rest of the page still works."
+        )
 
 
 def require_drnet(models: ModelSet) -> None:
@@ -54,6 +56,10 @@ def si(value: float, unit: str = "") -> str:
         if abs(value) >= factor:
             return f"{value / factor:.3g} {prefix}{unit}".rstrip()
     return f"{value:.3g} {unit}".rstrip()
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def change(new: float, old: float) -> str:

@@ -16,7 +16,8 @@ import argparse
 import dataclasses
 import io
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from PIL import Image, ImageOps
@@ -78,7 +79,7 @@ def run(settings: Settings, loaded: Loaded | None = None, attribution_repeats: i
         return x, trace
 
     x, trace = predict()
-    tables = lambda: (trace.samples_frame(loaded.class_names, ["upload"]), trace.branches_frame(["upload"]))  # noqa: E731
+    tables = lambda: (trace.samples_frame(loaded.class_names, ["upload"]), trace.branches_frame(["upload"]))
     seconds = compare({"app_path": predict, "tables": tables}, settings)
     result.update(app_path_ms=1e3 * seconds["app_path"], tables_ms=1e3 * seconds["tables"])
     result.update(_attribution(model, x.clone(), settings, loaded, attribution_repeats, notes))
@@ -100,7 +101,10 @@ def _attribution(
         method: (lambda m=method: attribute(model, x, m, baseline=baseline, ig_steps=IG_STEPS)) for method in METHODS
     }
     seconds = compare(calls, timing)
-    rows = [{"method": m, "seconds": s, "ig_steps": IG_STEPS if m == "integrated_gradients" else None} for m, s in seconds.items()]
+    rows = [
+        {"method": m, "seconds": s, "ig_steps": IG_STEPS if m == "integrated_gradients" else None}
+        for m, s in seconds.items()
+    ]
     return {"attribution": rows, "ig32_s": seconds.get("integrated_gradients")}
 
 

@@ -18,9 +18,10 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,7 +47,14 @@ DEFINITIONS = {
     "drnet_vs_mobilenetv2": "MobileNetV2 time / DRNet time (> 1: DRNet is faster)",
     "train_speedup": "DRNet training images/s / dense-supernet training images/s",
 }
-GATHER_SCATTER_OPS = ("aten::index_select", "aten::index_add_", "aten::nonzero", "aten::split", "aten::zero_")
+GATHER_SCATTER_OPS = (
+    "aten::index_select",
+    "aten::index_add_",
+    "aten::scatter_add_",  # index_add_ runs on it
+    "aten::nonzero",
+    "aten::split",
+    "aten::zero_",
+)
 
 
 @dataclass(frozen=True)
@@ -96,7 +104,12 @@ def add_settings_args(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace, quick: bool = False) -> Settings:
-    device = str(pick_device(args.device))
+    try:
+        device = str(pick_device(args.device))
+    except RuntimeError as err:
+        raise SystemExit(f"bench: --device {args.device!r} is not a torch device ({err})") from None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"bench: --device {device} asked for, but torch sees no CUDA GPU (torch {torch.__version__})")
     defaults = Settings(warmup=1, repeats=3) if quick else Settings()
     settings = Settings(
         device=device,
@@ -298,7 +311,9 @@ def print_header(title: str, info: dict[str, Any], notes: list[str]) -> None:
         f"{info['device']}, {info['date_utc']} UTC, load {info['load_average_1m']}"
     )
     s = info["settings"]
-    print(f"settings: layout {'channels_last' if s['channels_last'] else 'NCHW'}, amp {s['amp']}, compile {s['compile']}, "
-          f"warm-up {s['warmup']}, repeats {s['repeats']} (median)")
+    print(
+        f"settings: layout {'channels_last' if s['channels_last'] else 'NCHW'}, amp {s['amp']}, compile {s['compile']}, "
+        f"warm-up {s['warmup']}, repeats {s['repeats']} (median)"
+    )
     for note in notes:
         print(f"NOTE: {note}")

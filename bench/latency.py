@@ -43,7 +43,10 @@ PAPER = {  # Cai et al., ISBNet/DRNet on CIFAR-10 (ICLR 2020 version): share of 
 
 
 def run(
-    settings: Settings, batches: tuple[int, ...] = (1, 64, 256), images_b1: int = 16, models: dict[str, Loaded] | None = None
+    settings: Settings,
+    batches: tuple[int, ...] = (1, 64, 256),
+    images_b1: int = 16,
+    models: dict[str, Loaded] | None = None,
 ) -> dict[str, Any]:
     """Time the three models at each batch size; returns rows plus the paper comparison."""
     models = models or {name: load_model(name) for name in MODELS}
@@ -70,7 +73,7 @@ def run(
     }
 
 
-def _caller(model: torch.nn.Module, inputs: list[torch.Tensor]):  # noqa: ANN202 - a timing closure
+def _caller(model: torch.nn.Module, inputs: list[torch.Tensor]):
     def call() -> None:
         for x in inputs:
             model(x)

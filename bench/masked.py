@@ -62,7 +62,7 @@ def run(
     return {"rows": rows, "model": loaded.source, "gather_scatter_ops": list(GATHER_SCATTER_OPS), "notes": notes}
 
 
-def _caller(model: torch.nn.Module, inputs: list[torch.Tensor], mode: str):  # noqa: ANN202 - a timing closure
+def _caller(model: torch.nn.Module, inputs: list[torch.Tensor], mode: str):
     def call() -> None:
         model.execution = mode
         for x in inputs:
@@ -71,7 +71,7 @@ def _caller(model: torch.nn.Module, inputs: list[torch.Tensor], mode: str):  # n
     return call
 
 
-def _gather_scatter_share(call) -> float:  # noqa: ANN001
+def _gather_scatter_share(call) -> float:
     """Percent of the profiled (CPU-side) op time spent in gather/scatter ops."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         call()

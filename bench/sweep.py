@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -88,11 +89,21 @@ def run(
         row["flops_ratio"] = ratio(dense["flops_mean"], row["flops_mean"])
         row["realized_speedup"] = ratio(dense["ms_per_image"], row["ms_per_image"])
     notes = [n for n in (data_note, random_init_note(list(models.values()))) if n]
-    return {"images": len(data), "batch_size": batch_size, "rows": rows, "models": {n: m.source for n, m in models.items()}, "notes": notes}
+    return {
+        "images": len(data),
+        "batch_size": batch_size,
+        "rows": rows,
+        "models": {n: m.source for n, m in models.items()},
+        "notes": notes,
+    }
 
 
 def _pass(
-    model: torch.nn.Module, batches: list[torch.Tensor], traces: dict[str, list], key: str, policy: RoutingPolicy | None = None
+    model: torch.nn.Module,
+    batches: list[torch.Tensor],
+    traces: dict[str, list],
+    key: str,
+    policy: RoutingPolicy | None = None,
 ) -> Callable[[], None]:
     """One pass over the data, keeping the traces of the latest pass under ``key``."""
 
@@ -106,7 +117,11 @@ def _pass(
 
 def show(result: dict[str, Any]) -> None:
     table = [
-        {**row, "MFLOPs (2xMACs)": row["flops_mean"] / 1e6, "threshold": "-" if row["threshold"] is None else row["threshold"]}
+        {
+            **row,
+            "MFLOPs (2xMACs)": row["flops_mean"] / 1e6,
+            "threshold": "-" if row["threshold"] is None else row["threshold"],
+        }
         for row in result["rows"]
     ]
     columns = ["model", "threshold", "accuracy", "MFLOPs (2xMACs)", "ms_per_image", "flops_ratio", "realized_speedup"]

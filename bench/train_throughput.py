@@ -16,7 +16,8 @@ import copy
 import dataclasses
 import functools
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -82,7 +83,9 @@ def _temperature(loaded: Loaded) -> float:
     return float(history[-1].get("temperature", recipe.get("tau_end", TrainConfig.tau_end)))
 
 
-def _trainer(loaded: Loaded, settings: Settings, flops: dict[str, float]) -> Callable[[torch.Tensor, torch.Tensor], None]:
+def _trainer(
+    loaded: Loaded, settings: Settings, flops: dict[str, float]
+) -> Callable[[torch.Tensor, torch.Tensor], None]:
     """A closure running one optimisation step on a private train-mode copy; it records
     the step's mean forward FLOPs per image in ``flops[name]``."""
     model = copy.deepcopy(loaded.model).train().to(settings.torch_device)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .ops import FactorizedReduce, ReLUConvBN, create_branch, param_count
-from .router import RoutingPolicy, Router, StaticRouter, recalibrate, select
+from .router import Router, RoutingPolicy, StaticRouter, recalibrate, select
 
 Execution = Literal["sparse", "masked"]
 
@@ -198,4 +198,3 @@ def _zeros(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
     """A zero node map in ``like``'s memory format, so channels_last runs stay channels_last."""
     fmt = torch.channels_last if _is_channels_last(like) else torch.contiguous_format
     return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt).zero_()
-

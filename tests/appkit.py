@@ -31,7 +31,11 @@ from drnets.upload import prepare_upload
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets" / "models"
 NAMES = ("drnet", "dense", "mobilenetv2")
-STANDIN = {"drnet": {"channels": 8, "num_nodes": 2}, "dense": {"channels": 8, "num_nodes": 2}, "mobilenetv2": {"width_mult": 0.25}}
+STANDIN = {
+    "drnet": {"channels": 8, "num_nodes": 2},
+    "dense": {"channels": 8, "num_nodes": 2},
+    "mobilenetv2": {"width_mult": 0.25},
+}
 STARTUP_SECONDS = 240  # a cold start imports torch, plotly and streamlit; slow on a loaded 2-core machine
 EVAL_IMAGES = 48  # enough for every class to appear in eval.json, small enough for a 2-core CI
 
@@ -124,6 +128,7 @@ def wait_healthy(port: int, process: subprocess.Popen, log: Path) -> None:
 class AppServer:
     port: int
     models: Path  # the models folder it serves
+    pid: int
 
     @property
     def url(self) -> str:
@@ -131,10 +136,15 @@ class AppServer:
 
 
 @pytest.fixture(scope="session")
-def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
+def app_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """assets/models when shipped, else evaluated random-init stand-ins, built once per test session."""
+    return shipped() or build_standins(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory: pytest.TempPathFactory, app_models: Path) -> Iterator[AppServer]:
     """``python -m app.launch --server.port <free port>`` in a subprocess, as `make run` does."""
-    tmp = tmp_path_factory.mktemp("server")
-    models = shipped() or build_standins(tmp / "models")
+    tmp, models = tmp_path_factory.mktemp("server"), app_models
     port, log = free_port(), tmp / "server.log"
     env = dict(os.environ, DRNETS_MODELS_DIR=str(models), OMP_NUM_THREADS="1")
     with open(log, "w") as out:
@@ -144,7 +154,7 @@ def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
         )  # fmt: skip
     try:
         wait_healthy(port, process, log)
-        yield AppServer(port, models)
+        yield AppServer(port, models, process.pid)
     finally:
         process.terminate()
         try:

@@ -10,6 +10,7 @@ import io
 import json
 from pathlib import Path
 
+import appkit
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,7 +18,6 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-import appkit
 from app import export, figures, state
 from app.services import samples_dir
 from drnets.checkpoint import load_checkpoint
@@ -26,16 +26,16 @@ from drnets.upload import prepare_upload
 MAIN = appkit.ROOT / "app" / "main.py"
 PAGES = ("views/inspect.py", "views/attributions.py", "views/explorer.py", "views/teaching.py")
 TIMEOUT = 300  # seconds per script run; a loaded 2-core machine needs them on the first (cold) run
+app_models = appkit.app_models  # session fixture: the shipped models or stand-ins
 BROKEN_PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + b"truncated"
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory):
-    """assets/models when shipped, else evaluated random-init stand-ins; the app finds them via DRNETS_MODELS_DIR."""
-    path = appkit.shipped() or appkit.build_standins(tmp_path_factory.mktemp("models"))
+def models_dir(app_models: Path):
+    """The models the app finds through DRNETS_MODELS_DIR (see appkit.app_models)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DRNETS_MODELS_DIR", str(path))
-        yield path
+        mp.setenv("DRNETS_MODELS_DIR", str(app_models))
+        yield app_models
 
 
 def new_app() -> AppTest:
@@ -138,7 +138,9 @@ def test_attributions_on_request(models_dir: Path) -> None:
     assert "Integrated Gradients" in body and "Occlusion" in body and "convergence delta" in body
 
 
-def test_missing_models_and_samples_get_a_message(models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_models_and_samples_get_a_message(
+    models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("DRNETS_SAMPLES_DIR", str(tmp_path / "no-samples"))
     at = new_app().run()
     assert not at.exception
@@ -191,3 +193,20 @@ def _shared_drnet():
     from app.services import default_models_dir, load_models
 
     return load_models(default_models_dir()).drnet()
+
+
+def test_unexpected_errors_become_a_friendly_message() -> None:
+    def script() -> None:
+        import streamlit as st
+
+        from app import ui
+
+        with ui.guard("drawing a test figure"):
+            raise RuntimeError("internal detail /srv/secret.py line 3")
+        st.markdown("the rest of the page")
+
+    at = AppTest.from_function(script, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert len(at.error) == 1 and "Something went wrong while drawing a test figure" in at.error[0].value
+    assert "secret" not in at.error[0].value and "RuntimeError" not in at.error[0].value
+    assert at.markdown[0].value == "the rest of the page"

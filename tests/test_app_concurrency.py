@@ -12,13 +12,13 @@ import io
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import appkit
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-import appkit
 from app import state
 from app.services import ImageSource, analyse, default_models_dir, explain, load_models
 from app.ui import si
@@ -31,15 +31,15 @@ from drnets.upload import prepare_upload
 SESSIONS = 8
 THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.5)
 TIMEOUT = 600  # eight sessions share two cores
+app_models = appkit.app_models  # session fixture: the shipped models or stand-ins
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory):
-    path = appkit.shipped() or appkit.build_standins(tmp_path_factory.mktemp("models"))
+def models_dir(app_models: Path, tmp_path_factory: pytest.TempPathFactory):
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DRNETS_MODELS_DIR", str(path))
+        mp.setenv("DRNETS_MODELS_DIR", str(app_models))
         mp.setenv("DRNETS_SAMPLES_DIR", str(tmp_path_factory.mktemp("no-samples")))  # only the uploads run
-        yield path
+        yield app_models
 
 
 def fashion_pngs() -> list[bytes]:
@@ -81,7 +81,7 @@ def test_concurrent_sessions_match_a_serial_run(models_dir: Path) -> None:
     with ThreadPoolExecutor(SESSIONS) as pool:
         results = list(pool.map(session, range(SESSIONS), images))
 
-    for i, (result, image) in enumerate(zip(results, images)):
+    for i, (result, image) in enumerate(zip(results, images, strict=True)):
         assert not result["exceptions"] and not result["errors"], (i, result)
         assert result["flops"] == si(appkit.drnet_flops(models_dir, image, THRESHOLDS[i])), (i, result)
         assert result["answer"] == shared.class_names[_serial_pred(models_dir, image, THRESHOLDS[i])], (i, result)
@@ -117,5 +117,5 @@ def _serial_attribution(models_dir: Path, name: str, x: torch.Tensor, threshold:
     if name == "drnet":
         ckpt.model.policy = RoutingPolicy(threshold, None)
     t = ckpt.training
-    black = float(np.mean([-m / s for m, s in zip(t["mean"], t["std"])]))
+    black = float(np.mean([-m / s for m, s in zip(t["mean"], t["std"], strict=True)]))
     return attribute(ckpt.model, x, "gradcam", baseline=black).heatmap

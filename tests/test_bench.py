@@ -84,7 +84,9 @@ def test_app_path_times_upload_prediction_and_every_attribution(models) -> None:
     assert positive(result["app_path_ms"]) and positive(result["tables_ms"])
     assert {r["method"] for r in result["attribution"]} == {"saliency", "gradcam", "integrated_gradients", "occlusion"}
     assert all(positive(r["seconds"]) for r in result["attribution"])
-    assert result["ig32_s"] == next(r["seconds"] for r in result["attribution"] if r["method"] == "integrated_gradients")
+    assert result["ig32_s"] == next(
+        r["seconds"] for r in result["attribution"] if r["method"] == "integrated_gradients"
+    )
 
 
 def test_photo_bytes_is_a_real_upload() -> None:
@@ -115,10 +117,21 @@ def test_bad_only_flag_is_refused_with_a_message(capsys) -> None:
     assert "--only takes a comma-separated subset" in capsys.readouterr().err
 
 
+def test_bad_device_is_refused_with_a_message() -> None:
+    with pytest.raises(SystemExit, match="is not a torch device"):
+        bench_main(["--device", "banana", "--smoke"])
+
+
 def test_cli_prints_one_json_object_with_the_headline_numbers() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "bench", "--smoke", "--json"],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout)  # stdout holds nothing but the JSON object

@@ -9,14 +9,16 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 import appkit
+import pytest
+from appkit import AppServer
+
 from app.ui import si
-from appkit import AppServer, app_server  # noqa: F401  (app_server is a fixture)
 from drnets.data import FASHION_MNIST_CLASSES
 
 pytestmark = pytest.mark.e2e
+# Session fixtures from appkit: one server (and one models folder) for test_launch and test_e2e.
+app_server, app_models = appkit.app_server, appkit.app_models
 playwright = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM = "/usr/bin/chromium"
@@ -66,7 +68,9 @@ def shot(page, name: str) -> None:
 def test_upload_a_photo_and_a_broken_file_then_move_the_threshold(page, app_server: AppServer) -> None:
     page.get_by_text("DRNet FLOPs").wait_for()
     settle(page)
-    assert "20MB per file" in page.locator('[data-testid="stFileUploaderDropzone"]').inner_text(), "maxUploadSize in force"
+    assert "20MB per file" in page.locator('[data-testid="stFileUploaderDropzone"]').inner_text(), (
+        "maxUploadSize in force"
+    )
     shot(page, "1_first_visit")
 
     photo = appkit.garment_photo()

@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import http.client
+import os
 import sys
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import appkit
 import pytest
+from appkit import STARTUP_SECONDS, AppServer
 
 from app import launch
-from appkit import STARTUP_SECONDS, AppServer, app_server  # noqa: F401  (app_server is a fixture)
 
 MB = 1024 * 1024
+# Session fixtures from appkit: one server (and one models folder) for test_launch and test_e2e.
+app_server, app_models = appkit.app_server, appkit.app_models
 
 
 def test_flags_from_a_config(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text(
-        '[server]\nheadless = true\nmaxUploadSize = 7\n[browser]\ngatherUsageStats = false\n'
+        "[server]\nheadless = true\nmaxUploadSize = 7\n[browser]\ngatherUsageStats = false\n"
         '[theme]\nbase = "light"\n[theme.sidebar]\nbackgroundColor = "#fff"\n[server.extra]\nlist = ["a", "b"]\n'
     )
     options = launch.resolve_options(["--server.port", "9", "--server.maxUploadSize=3"], config)
@@ -52,6 +56,14 @@ def test_broken_config_files_are_refused(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("[server\nport = 1")
     with pytest.raises(launch.LaunchError, match="not valid TOML"):
         launch.read_config(tmp_path / "bad.toml")
+
+
+def test_server_environment(tmp_path: Path) -> None:
+    env = launch.server_env({"PYTHONPATH": "/elsewhere"}, ram_dir=tmp_path / "ram")
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(launch.ROOT), "/elsewhere"]
+    assert env["TMPDIR"] == str(tmp_path / "ram") and (tmp_path / "ram").is_dir(), "spooled uploads go to RAM"
+    assert launch.server_env({"TMPDIR": "/mine"}, ram_dir=tmp_path / "ram")["TMPDIR"] == "/mine"
+    assert "TMPDIR" not in launch.server_env({}, ram_dir=tmp_path / "missing" / "ram")
 
 
 def test_the_shipped_config_holds_the_server_settings() -> None:
@@ -124,3 +136,6 @@ def test_started_app_has_the_settings_in_force(app_server: AppServer) -> None:
         assert put_file(server, session, 1000) == 403, "an upload without the XSRF token is refused"
         assert put_file(server, session, 1000, cookie, token) == 204
         assert put_file(server, session, 21 * MB, cookie, token) == 413, "maxUploadSize = 20 MB is enforced"
+    if "TMPDIR" not in os.environ and launch.RAM_DIR.parent.is_dir():
+        environ = Path(f"/proc/{app_server.pid}/environ").read_bytes().split(b"\0")
+        assert f"TMPDIR={launch.RAM_DIR}".encode() in environ, "uploads spooled by Starlette stay in memory"

@@ -11,7 +11,12 @@ from drnets.upload import UploadError
 
 FAST = ("saliency", "gradcam")
 SLOW = ("integrated_gradients", "occlusion")
-TITLES = {"saliency": "Saliency", "gradcam": "Grad-CAM", "integrated_gradients": "Integrated Gradients", "occlusion": "Occlusion"}
+TITLES = {
+    "saliency": "Saliency",
+    "gradcam": "Grad-CAM",
+    "integrated_gradients": "Integrated Gradients",
+    "occlusion": "Occlusion",
+}
 COMPARED = ("drnet", "mobilenetv2")
 
 
@@ -59,7 +64,7 @@ def main() -> None:
 def header_ui(a: Analysis, models: ModelSet, names: list[str]) -> None:
     columns = st.columns([1, *[2] * len(names)])
     columns[0].image(ui.pixelated(a.prepared.seen, 112), caption=f"{ui.md(a.source.name)}, as the model saw it")
-    for column, name in zip(columns[1:], names):
+    for column, name in zip(columns[1:], names, strict=True):
         run = a.runs[name]
         with column:
             ui.verdict(LABELS[name], models.class_names[run.pred], float(run.probs.max()))
@@ -69,14 +74,18 @@ def method_ui(a: Analysis, models: ModelSet, names: list[str], method: str, sett
     st.markdown(f"#### {TITLES[method]}")
     st.caption(METHOD_NOTES[method])
     columns = st.columns(len(names))
-    for column, name in zip(columns, names):
+    for column, name in zip(columns, names, strict=True):
         with column, st.spinner(f"{TITLES[method]} for {LABELS[name]}…"):
-            result = explain(models, models.key, a.source.digest, a.prepared.tensor, name, method, settings.threshold, settings.top_k)
+            result = explain(
+                models, models.key, a.source.digest, a.prepared.tensor, name, method, settings.threshold, settings.top_k
+            )
             title = f"{LABELS[name]} · {TITLES[method]} for “{models.class_names[result.target]}”"
             ui.chart(figures.attribution_figure(result.heatmap, a.prepared.seen, title), key=f"attr_{method}_{name}")
-            note = f"{result.seconds:.1f} s"
+            note = f"computed in {result.seconds:.1f} s"
             if result.delta is not None:
-                note += f" · convergence delta {result.delta:.2g} (0 means the pixel shares add up exactly to the score)"
+                note += (
+                    f" · convergence delta {result.delta:.2g} (0 means the pixel shares add up exactly to the score)"
+                )
             st.caption(note)
 
 

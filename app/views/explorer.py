@@ -13,7 +13,9 @@ ALL_CELLS = "all cells"
 
 def main() -> None:
     st.title("Data-set explorer")
-    st.caption("How DRNet routes the whole test set: which branches each class uses, what each class costs, and how it compares.")
+    st.caption(
+        "How DRNet routes the whole test set: which branches each class uses, what each class costs, and how it compares."
+    )
     models = load_models(state.settings().models_dir)
     ui.require_drnet(models)
     evals = {name: e for name in MODEL_NAMES if (e := load_eval(models, name))}
@@ -32,11 +34,16 @@ def main() -> None:
         headline_ui(evals)
     with ui.guard("drawing the accuracy per class"):
         ui.chart(
-            figures.class_accuracy_bars({LABELS[n]: pd.DataFrame(e["per_class"]) for n, e in evals.items() if n != "dense"}),
+            figures.class_accuracy_bars(
+                {LABELS[n]: pd.DataFrame(e["per_class"]) for n, e in evals.items() if n != "dense"}
+            ),
             key="class_accuracy",
         )
     with ui.guard("drawing the FLOPs per class"):
-        ui.chart(figures.class_flops_bars(pd.DataFrame(drnet["per_class"]), dense_flops=drnet["dense_flops"]), key="class_flops")
+        ui.chart(
+            figures.class_flops_bars(pd.DataFrame(drnet["per_class"]), dense_flops=drnet["dense_flops"]),
+            key="class_flops",
+        )
     with ui.guard("drawing the branch usage"):
         usage_ui(drnet)
     with ui.guard("re-running the cheapest and most expensive images"):
@@ -70,7 +77,9 @@ def headline_ui(evals: dict[str, dict]) -> None:
         },
         key="headline_table",
     )
-    st.caption("For comparison, the paper reports 31.01% of MobileNetV2's FLOPs and 8.70% of its parameters on CIFAR-10.")
+    st.caption(
+        "For comparison, the paper reports 31.01% of MobileNetV2's FLOPs and 8.70% of its parameters on CIFAR-10."
+    )
 
 
 def usage_ui(drnet: dict) -> None:
@@ -79,21 +88,27 @@ def usage_ui(drnet: dict) -> None:
     if usage.empty:
         st.caption("No branch usage in eval.json.")
         return
-    left, right = st.columns(2)
-    with left:
+    by_class, by_cell = st.tabs(["By class", "By cell"])
+    with by_class:
         cells = sorted(usage["cell"].unique())
-        cell = st.selectbox("Cell", [ALL_CELLS, *cells], key="usage_cell", format_func=lambda c: c if c == ALL_CELLS else f"cell {c}")
+        cell = st.selectbox(
+            "Cell", [ALL_CELLS, *cells], key="usage_cell", format_func=lambda c: c if c == ALL_CELLS else f"cell {c}"
+        )
         shown = usage if cell == ALL_CELLS else usage[usage["cell"] == cell]
         ui.chart(figures.branch_usage_heatmap(shown), key="usage_by_class")
-    with right:
+    with by_cell:
         ui.chart(figures.branch_usage_heatmap(pd.DataFrame(drnet.get("cell_usage") or [])), key="usage_by_cell")
 
 
+EXTREMES = {"cheapest": "Cheapest", "most_expensive": "Most expensive"}
+
+
 def extremes_ui(drnet: dict, models: ModelSet) -> None:
+    """Pick one of the cheapest and one of the most expensive images; their routes below, full width."""
     st.markdown("#### The cheapest and the most expensive test images")
     extremes = drnet.get("extremes") or {}
-    columns = st.columns(2)
-    for column, (kind, title) in zip(columns, (("cheapest", "Cheapest"), ("most_expensive", "Most expensive"))):
+    runs = {}
+    for column, (kind, title) in zip(st.columns(2), EXTREMES.items(), strict=True):
         items = extremes.get(kind) or []
         with column:
             st.markdown(f"**{title}**")
@@ -109,13 +124,19 @@ def extremes_ui(drnet: dict, models: ModelSet) -> None:
                 label_visibility="collapsed",
             )
             item = items[index]
-            run = run_pixels(models, item["pixels"], drnet["threshold"], drnet.get("top_k"))
+            runs[kind] = run = run_pixels(models, item["pixels"], drnet["threshold"], drnet.get("top_k"))
             picture, text = st.columns([1, 2])
             picture.image(ui.pixelated(item["pixels"], 112))
             text.markdown(
                 f"true class **{models.class_names[item['label']]}**, DRNet said **{models.class_names[run.pred]}**  \n"
                 f"{ui.si(run.flops)} {ui.FLOPS}, {run.flops / run.trace.dense_flops:.0%} of the dense supernet"
             )
+    if not runs:
+        return
+    for tab, (kind, run) in zip(
+        st.tabs([f"Route of the {EXTREMES[k].lower()} image" for k in runs]), runs.items(), strict=True
+    ):
+        with tab:
             ui.chart(figures.gate_heatmap(run.trace.branches_frame(), drnet["threshold"]), key=f"extreme_gates_{kind}")
 
 

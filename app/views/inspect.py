@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
@@ -32,7 +34,9 @@ def main() -> None:
     ui.require_drnet(models)
     analyses = analyses_ui(models, settings)
     if not analyses:
-        st.info("Pick a sample or upload a photo in the sidebar to see how DRNet routes it.", icon=":material/arrow_back:")
+        st.info(
+            "Pick a sample or upload a photo in the sidebar to see how DRNet routes it.", icon=":material/arrow_back:"
+        )
         return
     focused = state.focus([a.source for a in analyses])
     current = next(a for a in analyses if a.source is focused)
@@ -63,7 +67,9 @@ def analyses_ui(models: ModelSet, settings: state.Settings) -> list[Analysis]:
             st.error(f"**{ui.md(source.name)}** cannot be used: {err}", icon=":material/broken_image:")
         except Exception:
             ui.log.exception("analysing %s", source.name)
-            st.error(f"**{ui.md(source.name)}**: something went wrong while analysing it; the details are in the server log.")
+            st.error(
+                f"**{ui.md(source.name)}**: something went wrong while analysing it; the details are in the server log."
+            )
     return analyses
 
 
@@ -83,7 +89,9 @@ def summary_ui(analyses: list[Analysis], models: ModelSet) -> None:
         hide_index=True,
         column_config={
             "confidence": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1),
-            "vs dense": st.column_config.NumberColumn(format="percent", help="DRNet's FLOPs as a share of the dense supernet's"),
+            "vs dense": st.column_config.NumberColumn(
+                format="percent", help="DRNet's FLOPs as a share of the dense supernet's"
+            ),
             ui.FLOPS: st.column_config.NumberColumn(format="compact"),
         },
         key="summary_table",
@@ -103,9 +111,9 @@ def image_ui(a: Analysis, models: ModelSet) -> dict[str, go.Figure]:
     figs = {}
     with right:
         columns = st.columns(len(a.runs))
-        for column, (name, run) in zip(columns, a.runs.items()):
+        for column, (name, run) in zip(columns, a.runs.items(), strict=True):
             fig = figures.prediction_bars(run.probs, models.class_names, top_k=3)
-            figs[f"predictions_{name}"] = fig
+            figs[f"{LABELS[name]} predictions"] = fig
             with column:
                 ui.verdict(LABELS[name], models.class_names[run.pred], float(run.probs.max()))
                 ui.chart(fig, key=f"pred_{name}")
@@ -177,9 +185,9 @@ def routing_ui(a: Analysis, models: ModelSet, threshold: float) -> dict[str, go.
     trace = a.runs["drnet"].trace
     branches, cells = trace.branches_frame(), trace.cells_frame()
     figs = {
-        "gates": figures.gate_heatmap(branches, threshold),
-        "route": figures.route_sankey(branches),
-        "cell_flops": figures.cell_flops_bars(cells, dense_cell_flops(models)),
+        "Gate weights": figures.gate_heatmap(branches, threshold),
+        "Route": figures.route_sankey(branches),
+        "FLOPs per cell": figures.cell_flops_bars(cells, dense_cell_flops(models)),
     }
     gates, route, flops = st.tabs(["Gate weights", "Path through the cells", "FLOPs per cell"])
     with gates:
@@ -187,13 +195,17 @@ def routing_ui(a: Analysis, models: ModelSet, threshold: float) -> dict[str, go.
             "Each row is one edge of a cell, each column a candidate branch. The colour is the router's weight "
             "for this image; ● marks the branches that ran, faded ones were skipped and never computed."
         )
-        ui.chart(figs["gates"], key="gate_heatmap")
+        ui.chart(figs["Gate weights"], key="gate_heatmap")
     with route:
-        st.caption("Only the branches that ran, from the input through every cell to the classifier; wider links carry more weight.")
-        ui.chart(figs["route"], key="route_sankey")
+        st.caption(
+            "Only the branches that ran, from the input through every cell to the classifier; wider links carry more weight."
+        )
+        ui.chart(figs["Route"], key="route_sankey")
     with flops:
-        st.caption("What each cell spent on this image next to the same cell with every branch on (the dense supernet).")
-        ui.chart(figs["cell_flops"], key="cell_flops")
+        st.caption(
+            "What each cell spent on this image next to the same cell with every branch on (the dense supernet)."
+        )
+        ui.chart(figs["FLOPs per cell"], key="cell_flops")
     return figs
 
 
@@ -218,15 +230,19 @@ def sweep_ui(a: Analysis, models: ModelSet, settings: state.Settings) -> dict[st
         else "The curve is without a top-k limit, so the current setting is not on it."
     )
     st.caption(f"{where} At this setting this image cost {ui.si(a.runs['drnet'].flops)} {ui.FLOPS}.")
-    return {"sweep": fig}
+    return {"Accuracy vs FLOPs": fig}
 
 
 def export_ui(analyses: list[Analysis], models: ModelSet, settings: state.Settings, figs: dict[str, go.Figure]) -> None:
     with st.expander("Export the trace and the figures"):
         names = [a.source.name for a in analyses]
-        samples, cells, branches = export.trace_frames([a.runs["drnet"].trace for a in analyses], names, models.class_names)
+        samples, cells, branches = export.trace_frames(
+            [a.runs["drnet"].trace for a in analyses], names, models.class_names
+        )
         meta = {"threshold": settings.threshold, "top_k": settings.top_k, "models": str(models.directory)}
-        st.caption(f"DRNet's routing trace of the {len(names)} image(s) above: one row per image, cell, edge and branch.")
+        st.caption(
+            f"DRNet's routing trace of {ui.plural(len(names), 'image')}: one row per image, cell, edge and branch."
+        )
         left, right = st.columns(2)
         left.download_button(
             "Trace as CSV",
@@ -251,12 +267,13 @@ def export_ui(analyses: list[Analysis], models: ModelSet, settings: state.Settin
         )
         columns = st.columns(3)
         for i, (name, fig) in enumerate(figs.items()):
+            slug = re.sub(r"\W+", "_", name.lower())
             columns[i % 3].download_button(
-                f"{name.replace('_', ' ')} (HTML)",
+                f"{name} (HTML)",
                 lambda fig=fig: export.figure_html(fig),
-                file_name=f"{name}.html",
+                file_name=f"{slug}.html",
                 mime="text/html",
-                key=f"download_{name}",
+                key=f"download_{slug}",
                 on_click="ignore",
             )
 

@@ -31,7 +31,9 @@ def main() -> None:
     ui.require_drnet(models)
     source = state.focus(state.images()) or _first_sample()
     if source is None:
-        st.info("Pick a sample or upload a photo in the sidebar: the walk-through uses it.", icon=":material/arrow_back:")
+        st.info(
+            "Pick a sample or upload a photo in the sidebar: the walk-through uses it.", icon=":material/arrow_back:"
+        )
         return
     max_bytes = int(st.get_option("server.maxUploadSize")) * 1024 * 1024
     try:
@@ -43,10 +45,19 @@ def main() -> None:
     with left:
         step = st.radio("Step", STEPS, horizontal=True, key=STEP, label_visibility="collapsed")
     with right:
-        st.button("Next step", key="teaching_next", on_click=_next, disabled=step == STEPS[-1], icon=":material/arrow_forward:")
+        st.button(
+            "Next step",
+            key="teaching_next",
+            on_click=_next,
+            disabled=step == STEPS[-1],
+            icon=":material/arrow_forward:",
+        )
     picture, story = st.columns([1, 5], gap="large")
     with picture:
-        st.image(ui.pixelated(a.prepared.seen, 140), caption=f"{ui.md(a.source.name)}\n\nDRNet says: {models.class_names[a.runs['drnet'].pred]}")
+        st.image(
+            ui.pixelated(a.prepared.seen, 140),
+            caption=f"{ui.md(a.source.name)}\n\nDRNet says: {models.class_names[a.runs['drnet'].pred]}",
+        )
     with story, ui.guard("drawing this step"):
         STEP_VIEWS[STEPS.index(step)](a, models, settings.threshold)
 
@@ -70,7 +81,13 @@ def cells_step(a: Analysis, models: ModelSet, threshold: float) -> None:
     st.dataframe(
         cells_table(models),
         hide_index=True,
-        column_config={"FLOPs with every branch": st.column_config.NumberColumn(f"{ui.FLOPS} with every branch", format="compact")},
+        column_config={
+            "channels": st.column_config.NumberColumn(help="channels of each node's output"),
+            "branches": st.column_config.NumberColumn(help="candidate branches on every edge"),
+            "FLOPs, all on": st.column_config.NumberColumn(
+                help=f"{ui.FLOPS} of the cell with every branch on", format="compact"
+            ),
+        },
         key="teaching_cells",
     )
 
@@ -130,9 +147,10 @@ def skip_step(a: Analysis, models: ModelSet, threshold: float) -> None:
     run, dense = a.runs["drnet"], a.runs.get("dense")
     ran, total = int(run.trace.ran.sum()), run.trace.ran.numel()
     st.markdown(
-        f"**Skipped branches are never computed.** This image ran {ran} of {total} branches and cost "
-        f"**{ui.si(run.flops)} {ui.FLOPS}**"
+        f"**Skipped branches are never computed.** This image ran {ran} of {total} branches; the whole network "
+        f"(stem and classifier included) cost **{ui.si(run.flops)} {ui.FLOPS}**"
         + (f", {run.flops / dense.flops:.0%} of the dense supernet's {ui.si(dense.flops)}." if dense else ".")
+        + " Cell by cell:"
     )
     ui.chart(figures.cell_flops_bars(run.trace.cells_frame(), dense_cell_flops(models)), key="teaching_cell_flops")
     st.caption("Training adds the expected cost to the loss, so the routers learn to spend FLOPs only where they help.")
