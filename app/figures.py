@@ -24,8 +24,9 @@ FLOPS_UNIT = "FLOPs (2×MACs)"  # the project's one cost convention (torch's Flo
 ACCENT = "#1f78b4"  # "this image" / "this model" bars
 MUTED = "#c7ccd4"  # dense reference, runner-up predictions
 TITLE_MARGIN = 80  # px above the plot: title plus subtitle
+TOP_WITH_TICKS = TITLE_MARGIN + 45  # title, subtitle, then two-line branch names above a heatmap
 ROW_PX = 18  # height of one heatmap row or bar; keeps figures compact on a projector
-MAX_POINT_LABELS = 12  # beyond this many sweep points the "t=" labels overlap
+INSIDE_TEXT_FROM = 0.5  # bars at least this long carry their % label inside, so it never overruns the plot
 
 # ColorBrewer "Paired": one hue per branch family (sep conv blue, dil conv green, pools
 # orange), dark for the small kernel, light for the large one; skip is purple.
@@ -46,6 +47,12 @@ MODEL_COLORS = ("#1f78b4", "#ff7f00", "#33a02c", "#6a3d9a", "#e31a1c")
 def branch_label(name: str) -> str:
     """'sep_conv_3x3' -> 'sep conv 3×3': what a reader, not a programmer, expects."""
     return re.sub(r"(\d)x(\d)", "\\1×\\2", name.replace("_", " "))
+
+
+def branch_tick(name: str) -> str:
+    """Two-line axis tick, 'sep conv<br>3×3': seven one-line names overlap in a ~700 px chart."""
+    words = branch_label(name).rsplit(" ", 1)
+    return "<br>".join(words)
 
 
 def state_label(state: int) -> str:
@@ -116,6 +123,19 @@ def _layout(
         **kwargs,
     )
     return fig
+
+
+def _branch_ticks(fig: go.Figure, names: list[str]) -> None:
+    """Branch names above the columns, two short lines each and never rotated, so they
+    stay clear of the subtitle at any width (the heatmap's x stays the full ``branch_label``)."""
+    fig.update_xaxes(
+        side="top",
+        tickmode="array",
+        tickvals=[branch_label(b) for b in names],
+        ticktext=[branch_tick(b) for b in names],
+        tickangle=0,
+        tickfont={"size": 11},
+    )
 
 
 def _message_figure(title: str, message: str) -> go.Figure:
@@ -219,13 +239,13 @@ def gate_heatmap(branches: pd.DataFrame, threshold: float) -> go.Figure:
         )
     )
     fig.update_yaxes(autorange="reversed", tickfont={"size": 11})
-    fig.update_xaxes(side="top", tickangle=0, tickfont={"size": 12})
+    _branch_ticks(fig, names)
     n_ran, n_all = int(ran.to_numpy().sum()), ran.size
     subtitle = (
         f"● ran: gate weight ≥ t = {threshold:.2f} · faded: skipped, never computed · "
         f"{n_ran} of {n_all} branches ran"
     )
-    return _layout(fig, title, subtitle, height=TITLE_MARGIN + 100 + ROW_PX * len(gates), top=TITLE_MARGIN + 30)
+    return _layout(fig, title, subtitle, height=TITLE_MARGIN + 115 + ROW_PX * len(gates), top=TOP_WITH_TICKS)
 
 
 def route_sankey(branches: pd.DataFrame) -> go.Figure:
@@ -396,6 +416,25 @@ def cell_flops_bars(cells: pd.DataFrame, dense_cell_flops: list[int] | None = No
 # ---- data-set views (frames shaped like eval.json) ----
 
 
+def _si(value: float) -> str:
+    """12e6 -> '12M', 3e5 -> '300k': short FLOPs tick labels."""
+    for factor, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= factor:
+            return f"{value / factor:g}{suffix}"
+    return f"{value:g}"
+
+
+def _log_ticks(low: float, high: float) -> list[float]:
+    """1-2-3-5 steps of each decade in [low, high]: a few readable ticks on a log axis
+    (only 1-2-5, then only powers of ten, when the range spans several decades)."""
+    decades = range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)
+    for steps in ((1, 2, 3, 5), (1, 2, 5), (1,)):
+        ticks = [s * 10.0**d for d in decades for s in steps if low <= s * 10.0**d <= high]
+        if len(ticks) <= 8:
+            break
+    return ticks
+
+
 def sweep_curve(
     sweep: pd.DataFrame,
     current: tuple[float, float] | None = None,
@@ -415,14 +454,20 @@ def sweep_curve(
         return _message_figure(title, "No threshold sweep: only routed models (DRNet) have one.")
     _require(sweep, ("threshold", "accuracy", "flops_mean", "params_used_mean"), "sweep_curve")
     data = sweep.sort_values("flops_mean")
+    # Only the two ends of the threshold range get a "t=" label (the lowest t above its point,
+    # the highest below): the thresholds in between often cost nearly the same and their labels
+    # would pile up. Every point still names its t on hover.
+    lowest, highest = data["threshold"].min(), data["threshold"].max()
+    labels = {lowest: (f"t={lowest:g}", "top center"), highest: (f"t={highest:g}", "bottom center")}
     fig = go.Figure(
         go.Scatter(
             x=data["flops_mean"],
             y=data["accuracy"],
-            mode="lines+markers+text" if len(data) <= MAX_POINT_LABELS else "lines+markers",
-            text=[f"t={t:g}" for t in data["threshold"]],
-            textposition="top left",
-            textfont={"size": 10, "color": "#666"},
+            mode="lines+markers+text",
+            text=[labels.get(t, ("", ""))[0] for t in data["threshold"]],
+            textposition=[labels.get(t, ("", "top center"))[1] for t in data["threshold"]],
+            textfont={"size": 11, "color": "#555"},
+            cliponaxis=False,
             customdata=data[["threshold", "params_used_mean"]].to_numpy(),
             name="DRNet at threshold t",
             line={"color": ACCENT},
@@ -440,6 +485,7 @@ def sweep_curve(
                 mode="markers+text",
                 text=[name],
                 textposition="bottom center",
+                cliponaxis=False,
                 marker={"symbol": "diamond", "size": 12, "color": MODEL_COLORS[(i + 1) % len(MODEL_COLORS)]},
                 name=name,
                 hovertemplate=f"{name} (static)<br>accuracy %{{y:.1%}}<br>%{{x:.3s}} FLOPs per image<extra></extra>",
@@ -452,11 +498,24 @@ def sweep_curve(
                 y=[current[1]],
                 mode="markers",
                 marker={"symbol": "star", "size": 18, "color": "#e31a1c", "line": {"width": 1, "color": "white"}},
+                cliponaxis=False,
                 name="current threshold",
                 hovertemplate="current threshold<br>accuracy %{y:.1%}<br>mean %{x:.3s} FLOPs per image<extra></extra>",
             )
         )
-    fig.update_xaxes(title=f"mean {FLOPS_UNIT} per image")
+    # Log x: a static baseline ten times DRNet's cost would otherwise squeeze the curve into the left edge.
+    flops = [*data["flops_mean"], *(f for f, _ in (baselines or {}).values())]
+    flops += [current[0]] if current is not None else []
+    low, high = max(min(flops), 1.0) / 1.3, max(flops) * 1.3
+    ticks = _log_ticks(low, high)
+    fig.update_xaxes(
+        title=f"mean {FLOPS_UNIT} per image",
+        type="log",
+        range=[np.log10(low), np.log10(high)],
+        tickmode="array",
+        tickvals=ticks,
+        ticktext=[_si(v) for v in ticks],
+    )
     fig.update_yaxes(title="test accuracy", tickformat=".0%")
     subtitle = "each point is one routing threshold t: a lower t runs more branches, costs more FLOPs"
     return _layout(fig, title, subtitle, height=380, legend={"orientation": "h", "y": -0.2})
@@ -552,9 +611,9 @@ def branch_usage_heatmap(usage: pd.DataFrame) -> go.Figure:
         )
     )
     fig.update_yaxes(autorange="reversed")
-    fig.update_xaxes(side="top")
-    height = TITLE_MARGIN + 100 + ROW_PX * 1.5 * len(rows)
-    return _layout(fig, f"{title}, by {by}", subtitle, height=height, top=TITLE_MARGIN + 30)
+    _branch_ticks(fig, names)
+    height = TITLE_MARGIN + 115 + ROW_PX * 1.5 * len(rows)
+    return _layout(fig, f"{title}, by {by}", subtitle, height=height, top=TOP_WITH_TICKS)
 
 
 def class_accuracy_bars(per_class_by_model: dict[str, pd.DataFrame]) -> go.Figure:
@@ -588,16 +647,19 @@ def class_accuracy_bars(per_class_by_model: dict[str, pd.DataFrame]) -> go.Figur
         )
     fig.update_yaxes(categoryorder="array", categoryarray=classes, autorange="reversed")
     fig.update_xaxes(title="test accuracy", tickformat=".0%", range=[0, 1])
-    height = TITLE_MARGIN + 90 + ROW_PX * len(classes) * (1 + 0.6 * len(per_class_by_model))
-    return _layout(
+    height = TITLE_MARGIN + 150 + ROW_PX * len(classes) * (1 + 0.6 * len(per_class_by_model))
+    fig = _layout(
         fig,
         title,
         "share of each class's test images classified correctly",
         height=height,
-        top=TITLE_MARGIN + 30,  # room for the legend between the subtitle and the bars
         barmode="group",
-        legend={"orientation": "h", "y": 1.0, "x": 0, "yanchor": "bottom"},
+        # below the axis title, anchored to the figure's bottom edge: a legend that wraps onto
+        # a second row in a narrow column grows into the bottom margin, never into the subtitle
+        legend={"orientation": "h", "x": 0, "y": 0, "xanchor": "left", "yanchor": "bottom", "yref": "container"},
     )
+    fig.update_layout(margin={"b": 110})
+    return fig
 
 
 # ---- one image: prediction and attribution ----
@@ -625,15 +687,22 @@ def prediction_bars(probs: Sequence[float], class_names: list[str], top_k: int =
             orientation="h",
             marker_color=[ACCENT] + [MUTED] * (len(top) - 1),
             text=[f"{v:.1%}" for v in values[top]],
-            textposition="outside",
+            # long bars carry the label inside their end, short ones just past it, so no label
+            # reaches beyond the 100% mark even in a third-width column
+            textposition=["inside" if v >= INSIDE_TEXT_FROM else "outside" for v in values[top]],
+            insidetextanchor="end",
+            insidetextfont={"color": "white"},
+            outsidetextfont={"color": "#333"},
             cliponaxis=False,
             hovertemplate="%{y}: %{x:.1%} probability (softmax of the class scores)<extra></extra>",
             name="probability",
         )
     )
     fig.update_yaxes(autorange="reversed")
-    fig.update_xaxes(title="probability", tickformat=".0%", range=[0, 1.12], showgrid=False)
-    return _layout(fig, title or f"Top-{len(top)} predictions", height=110 + 30 * len(top), top=50)
+    fig.update_xaxes(title="probability", tickformat=".0%", range=[0, 1.0], showgrid=False)
+    fig = _layout(fig, title or f"Top-{len(top)} predictions", height=110 + 30 * len(top), top=50)
+    fig.update_layout(margin={"r": 20})  # room for half the "100%" tick label
+    return fig
 
 
 def _grayscale(image: np.ndarray) -> np.ndarray:

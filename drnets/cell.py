@@ -37,6 +37,8 @@ class Cell(nn.Module):
         branches: candidate branch names on every edge (order = the gate's last axis).
         router_hidden: hidden width of the router MLP.
         dynamic: instance-aware router if True, else one learned weight table for all inputs.
+        context_channels: if set, the router reads a context map with that many channels
+            (the stem output) instead of the cell's own inputs; see ``DRNetConfig.router_input``.
     """
 
     def __init__(
@@ -50,6 +52,7 @@ class Cell(nn.Module):
         branches: tuple[str, ...],
         router_hidden: int,
         dynamic: bool = True,
+        context_channels: int | None = None,
     ):
         super().__init__()
         self.reduction, self.channels, self.num_nodes = reduction, c, num_nodes
@@ -62,7 +65,8 @@ class Cell(nn.Module):
         )
         num_edges, num_branches = len(self.edges), len(branches)
         self.router = (
-            Router(2 * c, router_hidden, num_edges, num_branches) if dynamic else StaticRouter(num_edges, num_branches)
+            Router(context_channels or 2 * c, router_hidden, num_edges, num_branches)
+            if dynamic else StaticRouter(num_edges, num_branches)
         )
 
     def edge_stride(self, src: int) -> int:
@@ -73,10 +77,10 @@ class Cell(nn.Module):
         return self.num_nodes * self.channels
 
     def route(
-        self, s0: torch.Tensor, s1: torch.Tensor, policy: RoutingPolicy, temperature: float
+        self, maps: tuple[torch.Tensor, ...], policy: RoutingPolicy, temperature: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gate weights [B, E, K] and the run mask [B, E, K] for preprocessed inputs."""
-        weights = recalibrate(self.router(s0, s1), temperature, self.training)
+        """Gate weights [B, E, K] and the run mask [B, E, K] from the maps the router reads."""
+        weights = recalibrate(self.router(*maps), temperature, self.training)
         return weights, select(weights.detach(), policy)
 
     def forward(
@@ -87,14 +91,16 @@ class Cell(nn.Module):
         temperature: float = 1.0,
         forced_ran: torch.Tensor | None = None,
         execution: Execution = "sparse",
+        context: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns (cell output [B, N*c, H', W'], gate weights [B, E, K], ran mask [B, E, K]).
 
         ``forced_ran`` ([B or 1, E, K] bool) replaces the router's selection, e.g. to keep
-        the route of a real image fixed while attribution methods perturb it.
+        the route of a real image fixed while attribution methods perturb it. ``context``
+        is what a stem-reading router reads.
         """
         s0, s1 = self.preprocess0(s0), self.preprocess1(s1)
-        weights, ran = self.route(s0, s1, policy, temperature)
+        weights, ran = self.route((context,) if context is not None else (s0, s1), policy, temperature)
         if forced_ran is not None:
             ran = forced_ran.to(ran.device).expand_as(ran)
         run = self._run_sparse if execution == "sparse" else self._run_masked

@@ -44,6 +44,10 @@ class DRNetConfig:
     branches: tuple[str, ...] = PRIMITIVES  # candidate branches on every edge
     router_hidden: int = 32  # hidden width of each cell's RouterNet MLP
     dynamic: bool = True  # instance-aware router; False = one learned weight table (supernet)
+    # What each router reads: "cell" = its cell's two inputs (our default, most instance-aware);
+    # "stem" = the stem output, so no route depends on another cell's route and raising the
+    # threshold can never raise a sample's FLOPs (see README "Known limits").
+    router_input: str = "cell"
     threshold: float = 0.1  # inference: run a branch if its gate weight >= threshold
     top_k: int | None = None  # inference: also cap the branches per edge at the k heaviest
 
@@ -57,6 +61,8 @@ class DRNetConfig:
         if self.num_cells < 1 or self.num_nodes < 1 or self.channels < 2:
             raise ValueError("num_cells, num_nodes must be >= 1 and channels >= 2")
         RoutingPolicy(self.threshold, self.top_k)  # validates both
+        if self.router_input not in ("cell", "stem"):
+            raise ValueError(f"router_input must be 'cell' or 'stem', got {self.router_input!r}")
 
     def reduction_cells(self) -> tuple[int, ...]:
         return tuple(sorted({self.num_cells // 3, 2 * self.num_cells // 3} - {0} or {self.num_cells // 2}))
@@ -83,8 +89,9 @@ class DRNet(nn.Module):
             reduction = i in config.reduction_cells()
             c = c * 2 if reduction else c
             cell = Cell(
-                c_pp, c_p, c, reduction, reduction_prev, config.num_nodes, config.branches, config.router_hidden, config.dynamic
-            )
+                c_pp, c_p, c, reduction, reduction_prev, config.num_nodes, config.branches, config.router_hidden,
+                config.dynamic, c_stem if config.router_input == "stem" else None,
+            )  # fmt: skip
             cells.append(cell)
             c_pp, c_p, reduction_prev = c_p, cell.out_channels, reduction
         self.cells = nn.ModuleList(cells)
@@ -100,10 +107,11 @@ class DRNet(nn.Module):
         if forced_route is not None:
             self._check_route(forced_route, x.shape[0])
         s0 = s1 = self.stem(x)
+        context = s0 if self.config.router_input == "stem" else None
         gates, ran = [], []
         for i, cell in enumerate(self.cells):
             forced = forced_route[:, i] if forced_route is not None else None
-            out, w, r = cell(s0, s1, self.policy, self.temperature, forced, self.execution)
+            out, w, r = cell(s0, s1, self.policy, self.temperature, forced, self.execution, context)
             s0, s1 = s1, out
             gates.append(w)
             ran.append(r)

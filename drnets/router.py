@@ -59,8 +59,9 @@ class Router(nn.Module):
         self.fc1 = nn.Linear(in_channels, hidden)
         self.fc2 = nn.Linear(hidden, num_edges * num_branches)
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
-        pooled = torch.cat([s0.mean(dim=(2, 3)), s1.mean(dim=(2, 3))], dim=1)  # [B, 2C]
+    def forward(self, *maps: torch.Tensor) -> torch.Tensor:
+        """Logits from the global-average-pooled feature maps it reads (the cell inputs, or the stem)."""
+        pooled = torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1)  # [B, sum of channels]
         logits = self.fc2(F.relu(self.fc1(pooled)))  # [B, E*K]
         return logits.view(-1, self.num_edges, self.num_branches)
 
@@ -75,8 +76,8 @@ class StaticRouter(nn.Module):
         super().__init__()
         self.alpha = nn.Parameter(torch.zeros(num_edges, num_branches))
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
-        return self.alpha.unsqueeze(0).repeat(s0.shape[0], 1, 1)  # not a view: FlopCounterMode needs a grad_fn
+    def forward(self, *maps: torch.Tensor) -> torch.Tensor:
+        return self.alpha.unsqueeze(0).repeat(maps[0].shape[0], 1, 1)  # not a view: FlopCounterMode needs a grad_fn
 
     def flops(self) -> int:
         return 0

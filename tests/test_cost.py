@@ -59,7 +59,7 @@ def test_raising_the_threshold_never_raises_a_samples_cost(routed, thresholds) -
     with torch.no_grad():
         for layer, (cell, (s0, s1)) in enumerate(zip(model.cells, inputs)):
             s0, s1 = cell.preprocess0(s0), cell.preprocess1(s1)
-            routes = [cell.route(s0, s1, RoutingPolicy(t), model.temperature)[1] for t in thresholds]
+            routes = [cell.route((s0, s1), RoutingPolicy(t), model.temperature)[1] for t in thresholds]
             costs = [(route.long() * table.branch_flops[layer]).sum(dim=(1, 2)) for route in routes]
             for low, high, low_cost, high_cost in zip(routes, routes[1:], costs, costs[1:]):
                 assert not torch.any(high & ~low), f"cell {layer}: a higher threshold switched a branch on"
@@ -67,6 +67,25 @@ def test_raising_the_threshold_never_raises_a_samples_cost(routed, thresholds) -
     first_cell = [trace_of(model, x, RoutingPolicy(t)).ran[:, 0] for t in thresholds]
     for low, high in itertools.pairwise(first_cell):
         assert not torch.any(high & ~low)
+
+
+@settings(max_examples=15, deadline=None)
+@given(thresholds=st.lists(st.floats(0.0, 1.0), min_size=4, max_size=4).map(sorted), seed=st.integers(0, 5))
+def test_stem_routed_drnet_never_raises_a_samples_total_flops(tiny_model, mixed_batch, thresholds, seed) -> None:
+    """With ``router_input="stem"`` no router depends on another cell's route, so the
+    whole-network guarantee holds: a higher threshold never raises any sample's FLOPs."""
+    model = tiny_model(seed=seed, router_input="stem")
+    x = mixed_batch(seed=seed)
+    traces = [trace_of(model, x, RoutingPolicy(t)) for t in thresholds]
+    for low, high in itertools.pairwise(traces):
+        assert not torch.any(high.ran & ~low.ran)
+        assert torch.all(high.flops <= low.flops)
+
+
+def test_stem_routed_drnet_routes_differ_per_sample(tiny_model, mixed_batch) -> None:
+    """Guard for the property above: the stem-routed model really gives samples different routes."""
+    trace = trace_of(tiny_model(router_input="stem"), mixed_batch(), RoutingPolicy(0.15))
+    assert len({tuple(r.flatten().tolist()) for r in trace.ran}) > 1
 
 
 def test_a_smaller_top_k_never_raises_a_samples_cost(routed) -> None:
