@@ -647,7 +647,7 @@ def class_accuracy_bars(per_class_by_model: dict[str, pd.DataFrame]) -> go.Figur
         )
     fig.update_yaxes(categoryorder="array", categoryarray=classes, autorange="reversed")
     fig.update_xaxes(title="test accuracy", tickformat=".0%", range=[0, 1])
-    height = TITLE_MARGIN + 150 + ROW_PX * len(classes) * (1 + 0.6 * len(per_class_by_model))
+    height = TITLE_MARGIN + 140 + ROW_PX * len(classes) * (1 + 0.6 * len(per_class_by_model))
     fig = _layout(
         fig,
         title,
@@ -658,7 +658,7 @@ def class_accuracy_bars(per_class_by_model: dict[str, pd.DataFrame]) -> go.Figur
         # a second row in a narrow column grows into the bottom margin, never into the subtitle
         legend={"orientation": "h", "x": 0, "y": 0, "xanchor": "left", "yanchor": "bottom", "yref": "container"},
     )
-    fig.update_layout(margin={"b": 110})
+    fig.update_layout(margin={"b": 100})
     return fig
 
 

@@ -150,6 +150,20 @@ def test_gate_heatmap_shows_the_threshold_and_explains_every_cell(one):
     assert fig.layout.template.layout.paper_bgcolor == "white"
 
 
+def _assert_short_branch_ticks(fig: go.Figure) -> None:
+    """Column names stay unrotated, two short lines each, one per column, above the plot."""
+    heat, axis = fig.data[0], fig.layout.xaxis
+    assert list(axis.tickvals) == list(heat.x)
+    assert all("<br>" in t and len(line) <= 9 for t in axis.ticktext for line in t.split("<br>"))
+    assert [t.replace("<br>", " ") for t in axis.ticktext] == list(heat.x)
+    assert axis.tickangle == 0 and axis.side == "top"
+
+
+def test_gate_heatmap_branch_names_fit_a_narrow_chart(one):
+    assert F.branch_tick("sep_conv_3x3") == "sep conv<br>3×3" and F.branch_tick("skip_connect") == "skip<br>connect"
+    _assert_short_branch_ticks(F.gate_heatmap(one, THRESHOLD))
+
+
 def test_gate_heatmap_refuses_several_samples_and_explains_static_models(routed):
     _, _, _, trace = routed
     with pytest.raises(ValueError, match="one image"):
@@ -258,6 +272,21 @@ def test_sweep_curve_puts_points_and_the_current_one_where_they_belong(sweep):
     assert F.sweep_curve(sweep.iloc[:0]).layout.annotations  # static models: a message, no crash
 
 
+def test_sweep_curve_keeps_a_far_baseline_from_squeezing_the_curve(sweep):
+    # A static baseline ~10x DRNet's cost (as MobileNetV2 is next to the trained DRNet).
+    far = float(sweep["flops_mean"].max()) * 10
+    fig = F.sweep_curve(sweep, baselines={"MobileNetV2": (far, 0.9)})
+    curve, axis = fig.data[0], fig.layout.xaxis
+    assert axis.type == "log"
+    low, high = (10**v for v in axis.range)
+    points = [*curve.x, far]
+    assert low < min(points) and max(points) < high and high / low < 5 * max(points) / min(points)
+    assert all(low <= v <= high for v in axis.tickvals) and len(axis.tickvals) >= 2
+    assert all(t.endswith(("k", "M", "G")) for t in axis.ticktext)  # "20M", not "2e+07"
+    labelled = {t for t in curve.text if t}
+    assert labelled == {f"t={sweep['threshold'].min():g}", f"t={sweep['threshold'].max():g}"}
+
+
 def test_class_flops_bars_heights_are_the_per_class_means(per_class, routed):
     _, _, _, trace = routed
     fig = F.class_flops_bars(per_class, dense_flops=trace.dense_flops)
@@ -285,6 +314,8 @@ def test_branch_usage_heatmap_by_class_and_by_cell(usage):
     assert list(by_cell.data[0].y) == ["cell 0", "cell 1", "cell 2"]
     assert "by cell" in by_cell.layout.title.text
     assert "ran on" in by_cell.data[0].hovertext[0][0]
+    for fig in (F.branch_usage_heatmap(usage), by_cell):
+        _assert_short_branch_ticks(fig)
 
 
 def test_class_accuracy_bars_one_series_per_model(per_class):
@@ -297,6 +328,9 @@ def test_class_accuracy_bars_one_series_per_model(per_class):
     overall = (per_class["accuracy"] * per_class["n"]).sum() / per_class["n"].sum()
     assert drnet.name == f"DRNet (all classes: {overall:.1%})"
     assert fig.layout.xaxis.tickformat == ".0%"
+    legend = fig.layout.legend  # at the figure's bottom edge, below the axis: never over the subtitle
+    assert (legend.orientation, legend.yref, legend.y, legend.yanchor) == ("h", "container", 0, "bottom")
+    assert fig.layout.margin.b >= 90
 
 
 # ---- one image ----
@@ -314,6 +348,16 @@ def test_prediction_bars_highest_on_top_in_percent(routed):
     assert fig.layout.yaxis.autorange == "reversed" and fig.layout.title.text == "DRNet"
     with pytest.raises(ValueError, match="class names"):
         F.prediction_bars(probs, data.class_names[:5])
+
+
+def test_prediction_bars_labels_stay_inside_the_plot(routed):
+    _, data, _, _ = routed
+    # A confident prediction (95%), as the trained model gives: the long bar's label goes inside it.
+    probs = torch.softmax(torch.arange(10.0) * 3, dim=0).tolist()
+    fig = F.prediction_bars(probs, data.class_names, top_k=3)
+    bars = fig.data[0]
+    assert bars.x[0] > 0.9 and list(bars.textposition) == ["inside", "outside", "outside"]
+    assert tuple(fig.layout.xaxis.range) == (0, 1.0)  # outside labels only on bars below 50%
 
 
 def test_attribution_figure_overlays_the_heatmap_on_what_the_model_saw(routed):
