@@ -11,7 +11,7 @@ explains each mark. Accuracies and probabilities are fractions in [0, 1] (as in
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -242,8 +242,7 @@ def gate_heatmap(branches: pd.DataFrame, threshold: float) -> go.Figure:
     _branch_ticks(fig, names)
     n_ran, n_all = int(ran.to_numpy().sum()), ran.size
     subtitle = (
-        f"● ran: gate weight ≥ t = {threshold:.2f} · faded: skipped, never computed · "
-        f"{n_ran} of {n_all} branches ran"
+        f"● ran: gate weight ≥ t = {threshold:.2f} · faded: skipped, never computed · {n_ran} of {n_all} branches ran"
     )
     return _layout(fig, title, subtitle, height=TITLE_MARGIN + 115 + ROW_PX * len(gates), top=TOP_WITH_TICKS)
 

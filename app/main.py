@@ -11,9 +11,9 @@ ROOT = str(Path(__file__).resolve().parent.parent)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-import streamlit as st  # noqa: E402
+import streamlit as st
 
-from app import sidebar, state  # noqa: E402
+from app import sidebar, state
 
 st.set_page_config(page_title="DRNet explorer", page_icon=":material/alt_route:", layout="wide")
 state.init()

@@ -131,6 +131,8 @@ def load_models(directory: str, device: str = "") -> ModelSet:
         if ckpt.name != name:
             problems[name] = f"{path} holds a {ckpt.name!r} checkpoint, expected {name!r}"
             continue
+        # NHWC is faster on CPU for all three models at batch 1 (docs/BENCHMARKS.md, bench/ uses it too).
+        ckpt.model.to(memory_format=torch.channels_last)
         loaded[name] = ckpt
     if "drnet" not in loaded:
         return ModelSet(folder, target, loaded, problems)
@@ -211,7 +213,7 @@ def run_model(
 ) -> ModelRun:
     """One model on one image; only DRNet depends on the routing settings."""
     model = routed(_models.get(name).model, RoutingPolicy(threshold, top_k) if name == "drnet" else None)
-    return _run(model, _x.to(_models.device), name)
+    return _run(model, _x.to(_models.device).contiguous(memory_format=torch.channels_last), name)
 
 
 def run_all(models: ModelSet, digest: str, x: torch.Tensor, threshold: float, top_k: int | None) -> dict[str, ModelRun]:

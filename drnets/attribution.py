@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -94,7 +94,9 @@ def attribute(
     def forward(inputs: torch.Tensor) -> torch.Tensor:
         return local(inputs, forced_route=route)[0]
 
-    attr, delta = _run(method, forward, local, x.clone().requires_grad_(True), target, baseline, ig_steps, internal_batch_size)
+    attr, delta = _run(
+        method, forward, local, x.clone().requires_grad_(True), target, baseline, ig_steps, internal_batch_size
+    )
     if method == "gradcam":
         attr = LayerAttribution.interpolate(attr.clamp_min(0), tuple(x.shape[-2:]), interpolate_mode="bilinear")
     return Attribution(method, target, _normalise(attr), delta, time.perf_counter() - started, METHOD_NOTES[method])

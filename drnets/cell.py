@@ -66,7 +66,8 @@ class Cell(nn.Module):
         num_edges, num_branches = len(self.edges), len(branches)
         self.router = (
             Router(context_channels or 2 * c, router_hidden, num_edges, num_branches)
-            if dynamic else StaticRouter(num_edges, num_branches)
+            if dynamic
+            else StaticRouter(num_edges, num_branches)
         )
 
     def edge_stride(self, src: int) -> int:

@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -104,7 +105,7 @@ def _read_config(directory: Path) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{config_path} is not valid JSON: {err}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{config_path} is not a drnets checkpoint config (expected \"format\": \"{FORMAT}\")")
+        raise CheckpointError(f'{config_path} is not a drnets checkpoint config (expected "format": "{FORMAT}")')
     if meta.get("version") != VERSION:
         raise CheckpointError(f"{config_path} has format version {meta.get('version')}; this drnets reads {VERSION}")
     for key, kind in (("model", str), ("config", dict), ("class_names", list)):

@@ -10,9 +10,7 @@ import json
 import sys
 from dataclasses import fields
 
-from . import evaluate
-from . import predict
-from . import samples
+from . import evaluate, predict, samples
 from .model import create_model, list_models
 
 INPUT_SHAPES = ((1, 28, 28), (3, 32, 32))  # Fashion-MNIST, CIFAR
@@ -25,7 +23,12 @@ def cmd_info(args: argparse.Namespace) -> int:
             model = create_model(name, in_channels=shape[0]).eval()
             table = model.cost_table(*shape[1:])
             rows.append(
-                {"model": name, "input_shape": list(shape), "params": table.dense_params, "dense_flops": table.dense_flops}
+                {
+                    "model": name,
+                    "input_shape": list(shape),
+                    "params": table.dense_params,
+                    "dense_flops": table.dense_flops,
+                }
             )
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -44,7 +44,7 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, limit: int | None) -> "ImageSet":
+    def subset(self, limit: int | None) -> ImageSet:
         if limit is None or limit >= len(self):
             return self
         return ImageSet(self.images[:limit], self.labels[:limit], self.class_names, self.name)
@@ -108,7 +108,7 @@ class _CifarUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"),
     }  # fmt: skip
 
-    def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle API
+    def find_class(self, module: str, name: str):
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
         raise DataError(f"refusing to load {module}.{name} from a CIFAR batch: not a plain data object")
@@ -126,7 +126,7 @@ def _load_batch(path: Path) -> dict:
         raise DataError(f"{path} is not a CIFAR python batch: {err}") from None
 
 
-def _key(batch: dict, name: str, path: Path):  # noqa: ANN202
+def _key(batch: dict, name: str, path: Path):
     for key in (name.encode(), name):
         if key in batch:
             return batch[key]

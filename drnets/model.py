@@ -7,8 +7,9 @@ evaluation, the app and the benchmarks treat routed and static networks alike.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -119,7 +120,12 @@ class DRNet(nn.Module):
 
     def _check_route(self, route: torch.Tensor, batch: int) -> None:
         shape = (len(self.cells), len(self.cells[0].edges), len(self.config.branches))
-        if route.dtype != torch.bool or route.dim() != 4 or route.shape[0] not in (1, batch) or route.shape[1:] != shape:
+        if (
+            route.dtype != torch.bool
+            or route.dim() != 4
+            or route.shape[0] not in (1, batch)
+            or route.shape[1:] != shape
+        ):
             raise ValueError(
                 f"forced_route must be a bool tensor [B or 1, {', '.join(map(str, shape))}] (cells, edges, branches) "
                 f"for a batch of {batch}; got {route.dtype} of shape {tuple(route.shape)}"
@@ -200,7 +206,15 @@ class MobileNetV2Config:
     # (t expansion, c channels, n repeats, s first stride); paper Table 2 with the stride of
     # the 24-channel stage set to 1 for 32x32 inputs, as in kuangliu/pytorch-cifar.
     blocks: tuple[tuple[int, int, int, int], ...] = field(
-        default=((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+        default=(
+            (1, 16, 1, 1),
+            (6, 24, 2, 1),
+            (6, 32, 3, 2),
+            (6, 64, 4, 2),
+            (6, 96, 3, 1),
+            (6, 160, 3, 2),
+            (6, 320, 1, 1),
+        )
     )
 
     def __post_init__(self) -> None:

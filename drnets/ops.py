@@ -8,7 +8,7 @@ activations and additions count zero.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -91,7 +91,9 @@ class ReLUConvBN(Branch):
 class DilConv(Branch):
     """ReLU -> depthwise dilated conv -> pointwise conv -> BN (DARTS ``dil_conv``)."""
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, dilation: int, affine: bool = True):
+    def __init__(
+        self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, dilation: int, affine: bool = True
+    ):
         super().__init__(
             nn.Sequential(
                 nn.ReLU(inplace=False),

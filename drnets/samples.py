@@ -37,4 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", type=Path, default=Path("assets/samples"))
     p.add_argument("--per-class", type=int, default=3)
-    p.set_defaults(func=lambda a: print(f"wrote {len(export_samples(a.data, a.out, a.per_class, a.data_root))} images to {a.out}") or 0)
+    p.set_defaults(
+        func=lambda a: (
+            print(f"wrote {len(export_samples(a.data, a.out, a.per_class, a.data_root))} images to {a.out}") or 0
+        )
+    )

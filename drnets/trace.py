@@ -53,7 +53,7 @@ class RoutingTrace:
     def __len__(self) -> int:
         return self.logits.shape[0]
 
-    def select(self, index: torch.Tensor | slice | list[int]) -> "RoutingTrace":
+    def select(self, index: torch.Tensor | slice | list[int]) -> RoutingTrace:
         """The trace of a subset of the samples (same cells, same costs)."""
         fields = ("logits", "gates", "ran", "cell_flops", "cell_params", "flops", "params")
         picked = {name: getattr(self, name)[index] for name in fields}
@@ -67,7 +67,7 @@ class RoutingTrace:
         )
 
     @staticmethod
-    def concat(traces: list["RoutingTrace"]) -> "RoutingTrace":
+    def concat(traces: list[RoutingTrace]) -> RoutingTrace:
         """Join traces of batches of the same model (e.g. a whole evaluation set)."""
         first = traces[0]
         fields = ("logits", "gates", "ran", "cell_flops", "cell_params", "flops", "params")
