@@ -5,16 +5,23 @@ Screenshots land in test-artifacts/ (gitignored) so a person can look at what th
 
 from __future__ import annotations
 
+import io
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import appkit
 import pytest
+import torch
 from appkit import AppServer
+from PIL import Image
 
 from app.ui import si
-from drnets.data import FASHION_MNIST_CLASSES
+from drnets.checkpoint import load_checkpoint
+from drnets.data import FASHION_MNIST_CLASSES, load_dataset
+from drnets.router import RoutingPolicy
+from drnets.upload import prepare_upload
 
 pytestmark = pytest.mark.e2e
 # Session fixtures from appkit: one server (and one models folder) for test_launch and test_e2e.
@@ -125,3 +132,60 @@ def test_every_page_renders_without_errors(page) -> None:
             '[data-testid="stAlertContentError"]'
         ).all_inner_texts()
         shot(page, re.sub(r"\W+", "_", link.lower()))
+
+
+def _reference_answer(models: Path, image: bytes, threshold: float) -> str:
+    """DRNet's answer for an upload, computed without the app."""
+    ckpt = load_checkpoint(models / "drnet")
+    t = ckpt.training
+    x = prepare_upload(image, tuple(t["input_size"]), tuple(t["mean"]), tuple(t["std"])).tensor
+    ckpt.model.policy = RoutingPolicy(threshold, None)
+    with torch.no_grad():
+        return ckpt.class_names[int(ckpt.model(x)[0].argmax())]
+
+
+@pytest.mark.slow
+def test_eight_browser_sessions_at_once(browser, app_server: AppServer) -> None:
+    """Eight real browser sessions upload different images and ask for attributions at the same
+    time; each gets the answer a serial computation gives, and none waits long on the others."""
+    data = load_dataset("fashion-mnist", "test").subset(8)
+    images = []
+    for pixels in data.images.numpy():
+        out = io.BytesIO()
+        Image.fromarray(pixels[..., 0]).save(out, "PNG")
+        images.append(out.getvalue())
+    contexts = [browser.new_context(viewport={"width": 1366, "height": 1200}) for _ in images]
+    pages = [context.new_page() for context in contexts]
+    try:
+        for page in pages:
+            page.set_default_timeout(WAIT_MS)
+            page.goto(app_server.url, wait_until="domcontentloaded")
+        for page in pages:
+            page.get_by_text("DRNet FLOPs").wait_for()
+        started = time.monotonic()
+        for i, page in enumerate(pages):  # all uploads go out before any result is read
+            page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
+                [{"name": f"session{i}.png", "mimeType": "image/png", "buffer": images[i]}]
+            )
+        for i, page in enumerate(pages):
+            page.get_by_role("heading", name=f"session{i}.png").wait_for()
+            settle(page)
+            threshold = float(page.locator('[data-testid="stSliderThumbValue"]').inner_text())
+            assert metric_value(page, "DRNet FLOPs") == si(appkit.drnet_flops(app_server.models, images[i], threshold))
+            assert metric_value(page, "DRNet says") == _reference_answer(app_server.models, images[i], threshold)
+        uploads_done = time.monotonic() - started
+        for page in pages:
+            page.get_by_role("link", name="Attributions").click()
+        for page in pages:
+            page.get_by_role("button", name="Also compute Integrated Gradients and Occlusion").click()
+        for i, page in enumerate(pages):
+            page.get_by_text("Integrated Gradients", exact=False).first.wait_for()
+            settle(page)
+            assert not page.locator('[data-testid="stException"]').count(), i
+            assert not page.locator('[data-testid="stAlertContentError"]').count(), i
+        shot(pages[-1], "8_sessions_attributions")
+        # Eight sessions on two cores: every one finished well inside the page timeout.
+        assert uploads_done < WAIT_MS / 1000
+    finally:
+        for context in contexts:
+            context.close()
