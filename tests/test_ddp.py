@@ -43,7 +43,7 @@ def reference_ddp(cfg: TrainConfig, world: int) -> dict[str, torch.Tensor]:
     """The weights a ``world``-rank DDP run of ``cfg`` must end with, computed in one process."""
     data = load_dataset(cfg.data, "train", cfg.data_root).subset(cfg.limit)
     mean, std = normalization(cfg.data, data.images.shape[-1])
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed, torch.device("cpu"))
     model = build_model(cfg, data)
     per_epoch = steps_per_epoch(len(data), world, cfg.batch_size)
     total = per_epoch * cfg.epochs

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Train the three shipped models side by side on one GPU, then run the GPU benchmarks.
+#
+# The number of epochs is the one thing this script chooses: it times 100 training steps of
+# every model (all three at once, as they will run), then takes as many epochs as fit in
+# BUDGET seconds for the slowest, capped at MAX_EPOCHS. Every model gets the same epochs
+# and the same recipe; the command each ran is in runs-gpu/M/args.json.
+#
+# Usage: scripts/gpu_build.sh            (on a machine with a GPU; a CPU works, slowly)
+# Env:   BUDGET (s, default 330), MAX_EPOCHS (30), DATA_ROOT (Fashion-MNIST idx folder),
+#        LIMIT (train on the first N images; smoke runs only), OUT (where results go),
+#        SKIP_BENCH=1 (stop after training; otherwise the new models replace assets/models/).
+# Leaves: $OUT/models.tar (runs-gpu/M/{model/,log.csv,args.json}), $OUT/bench-gpu.json, $OUT/log.txt
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python3}
+OUT=${OUT:-runs-gpu/out}
+BUDGET=${BUDGET:-330}
+MAX_EPOCHS=${MAX_EPOCHS:-30}
+DATA=(--data fashion-mnist ${DATA_ROOT:+--data-root "$DATA_ROOT"})
+LIMIT_ARGS=(${LIMIT:+--limit "$LIMIT"})
+PROBE_IMAGES=${PROBE_IMAGES:-25600}
+RUNS=runs-gpu
+MODELS=(drnet dense mobilenetv2)
+ROUTED='{"channels":16,"num_nodes":2,"router_input":"stem"}'
+declare -A CONFIG=([drnet]=$ROUTED [dense]='{"channels":16,"num_nodes":2}' [mobilenetv2]='{}')
+RECIPE=(--batch-size 256 --lr 3e-3 --cost-weight 0.2 --tau-start 1.0 --tau-end 0.3 --threshold 0.1 --seed 0)
+mkdir -p "$OUT" "$RUNS"
+exec > >(tee -a "$OUT/log.txt") 2>&1
+export OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1
+
+echo "== machine"; date -u; nvidia-smi -L 2>/dev/null
+$PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'
+
+train() {  # train MODEL EPOCHS OUTDIR [extra args]; a run past 1.25 x BUDGET is stopped (its last epoch stays)
+  local m=$1 epochs=$2 dir=$3; shift 3
+  timeout $((BUDGET * 5 / 4)) $PY -m drnets train --model "$m" --model-config "${CONFIG[$m]}" --epochs "$epochs" "${RECIPE[@]}" \
+      "${DATA[@]}" --out "$dir" --no-progress "$@" > "$dir.out" 2>&1
+  echo "   $m ($epochs epochs) exit $?: $(tail -n 1 "$dir.out" | cut -c1-300)"
+}
+
+echo "== probe: 1 epoch of $PROBE_IMAGES images per model, all at once"
+pids=()  # waited for by pid: a bare `wait` would also wait for the log's tee
+for m in "${MODELS[@]}"; do train "$m" 1 "$RUNS/probe-$m" --limit "$PROBE_IMAGES" & pids+=($!); done
+wait "${pids[@]}"
+per_epoch=$($PY - "$RUNS" "$PROBE_IMAGES" "${MODELS[@]}" <<'EOF'
+import csv, sys
+runs, probe, models = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+times = []
+for m in models:
+    try:
+        rows = list(csv.DictReader(open(f"{runs}/probe-{m}/log.csv")))
+        times.append(float(rows[-1]["seconds"]) * 60000 / probe)
+        print(f"   {m}: {times[-1]:.1f} s per 60k-image epoch", file=sys.stderr)
+    except (OSError, KeyError, IndexError) as err:
+        print(f"   {m}: probe failed ({err})", file=sys.stderr)
+print(max(times) if times else 0)
+EOF
+)
+EPOCHS=$($PY -c "import sys; t=float(sys.argv[1]); print(max(1, min(int(sys.argv[3]), int(float(sys.argv[2]) / (1.1 * t)))) if t > 0 else 1)" "$per_epoch" "$BUDGET" "$MAX_EPOCHS")
+echo "   slowest epoch ~${per_epoch} s -> $EPOCHS epochs within ${BUDGET} s"
+
+echo "== train: $EPOCHS epochs each, all at once"
+pids=()
+for m in "${MODELS[@]}"; do train "$m" "$EPOCHS" "$RUNS/$m" "${LIMIT_ARGS[@]}" & pids+=($!); done
+wait "${pids[@]}"
+tar -cf "$OUT/models.tar" "$RUNS"/{drnet,dense,mobilenetv2}/{model,log.csv,args.json} "$RUNS"/*.out 2>/dev/null
+echo "   wrote $OUT/models.tar"
+
+[ "${SKIP_BENCH:-0}" = 1 ] && exit 0
+echo "== the CUDA tests"
+timeout 90 $PY -m pytest -q -p no:cacheprovider tests/test_model.py -k cuda 2>&1 | tail -n 3
+echo "== benchmarks with the new models (copied over assets/models/ of this checkout)"
+for m in "${MODELS[@]}"; do [ -f "$RUNS/$m/model/model.safetensors" ] && cp "$RUNS/$m/model/"* "assets/models/$m/"; done
+timeout "${BENCH_TIMEOUT:-150}" $PY -m bench --json ${BENCH_ARGS:-} > "$OUT/bench-gpu.json"
+echo "   bench exit $?"
+date -u
