@@ -123,7 +123,9 @@ class Cell(nn.Module):
         """
         batch, num_branches = states[0].shape[0], len(self.branch_names)
         counts, samples = _route_plan(ran, states[0].device)
-        gate = weights.flatten(1).t()[:, :, None, None, None].unbind(0)  # E*K views [B, 1, 1, 1]
+        # In the maps' dtype: under autocast the maps are half precision while softmax gives float32,
+        # and index_add_ needs one dtype on both sides.
+        gate = weights.to(states[1].dtype).flatten(1).t()[:, :, None, None, None].unbind(0)  # E*K views [B, 1, 1, 1]
         node_shape, edge = self._node_shape(states[1]), 0
         for _ in range(self.num_nodes):
             node = None
