@@ -189,8 +189,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return Checkpoint(model, meta["model"], list(class_names), meta.get("training", {}), path)
 
 
+# Config fields added after format version 1 first shipped, with the value that checkpoints
+# written before them were trained with (their config.json lacks the field).
+LEGACY_DEFAULTS = {"drnet": {"router_input": "cell"}, "dense": {"router_input": "cell"}}
+
+
 def _build(meta: dict[str, Any], path: Path) -> nn.Module:
     try:
-        return create_model(meta["model"], **meta["config"])
+        return create_model(meta["model"], **{**LEGACY_DEFAULTS.get(meta["model"], {}), **meta["config"]})
     except ValueError as err:
         raise CheckpointError(f"{path / CONFIG}: {err}") from None

@@ -45,10 +45,11 @@ class DRNetConfig:
     branches: tuple[str, ...] = PRIMITIVES  # candidate branches on every edge
     router_hidden: int = 32  # hidden width of each cell's RouterNet MLP
     dynamic: bool = True  # instance-aware router; False = one learned weight table (supernet)
-    # What each router reads: "cell" = its cell's two inputs (our default, most instance-aware);
-    # "stem" = the stem output, so no route depends on another cell's route and raising the
-    # threshold can never raise a sample's FLOPs (see README "Known limits").
-    router_input: str = "cell"
+    # What each router reads: "stem" = the stem output (default), so no route depends on another
+    # cell's route and raising the threshold can never raise a sample's FLOPs; "cell" = its
+    # cell's two inputs (DESIGN.md's first sketch, more instance-aware in later cells, but a
+    # higher threshold upstream can then steer a later cell to a dearer branch; README "Known limits").
+    router_input: str = "stem"
     threshold: float = 0.1  # inference: run a branch if its gate weight >= threshold
     top_k: int | None = None  # inference: also cap the branches per edge at the k heaviest
 

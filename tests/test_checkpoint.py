@@ -85,6 +85,23 @@ def test_weights_without_embedded_config_are_checked_tensor_by_tensor(saved) -> 
         load_checkpoint(folder)
 
 
+def test_checkpoint_from_before_router_input_loads_as_cell_routed(tmp_path, tiny_model, mixed_batch) -> None:
+    """Checkpoints written before ``router_input`` existed (config.json and the weights'
+    embedded architecture both lack it) were trained with cell routing and load as such."""
+    x = mixed_batch()
+    model = warmed(tiny_model(router_input="cell"), x)
+    save_checkpoint(tmp_path, model, "drnet", CLASSES, TRAINING)
+    edit_config(tmp_path, lambda meta: meta["config"].pop("router_input"))
+    meta = json.loads((tmp_path / "config.json").read_text())
+    architecture = json.dumps({"model": meta["model"], "config": meta["config"]}, sort_keys=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp_path / "model.safetensors"), metadata={"drnets_architecture": architecture})
+    loaded = load_checkpoint(tmp_path)
+    assert loaded.model.config.router_input == "cell"
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x)[0], model(x)[0])
+
+
 def test_hostile_config_is_refused_before_allocating(saved) -> None:
     """channels=10**6 would need terabytes; the check runs on a shape-only skeleton and refuses it at once."""
     folder, model = saved

@@ -45,15 +45,29 @@ def cell_inputs(model, x) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 @settings(max_examples=15, deadline=None)
-@given(thresholds=st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3).map(sorted))
-def test_raising_the_threshold_never_raises_a_samples_cost(routed, thresholds) -> None:
-    """Per cell, for the inputs it receives, a higher threshold only switches branches off.
+@given(thresholds=st.lists(st.floats(0.0, 1.0), min_size=4, max_size=4).map(sorted), seed=st.integers(0, 5))
+def test_raising_the_threshold_never_raises_a_samples_cost(tiny_model, mixed_batch, thresholds, seed) -> None:
+    """The default routers read the stem output, so no route depends on another cell's route:
+    a higher threshold never switches a branch on, and never raises any sample's FLOPs."""
+    model = tiny_model(seed=seed)
+    assert model.config.router_input == "stem"
+    x = mixed_batch(seed=seed)
+    traces = [trace_of(model, x, RoutingPolicy(t)) for t in thresholds]
+    for low, high in itertools.pairwise(traces):
+        assert not torch.any(high.ran & ~low.ran)
+        assert torch.all(high.flops <= low.flops)
 
-    Whole-network FLOPs are not monotone per sample in general: a later cell's router sees
-    the earlier cells' outputs, which change with the threshold, so it may pick another
-    (possibly dearer) branch. The guarantee holds cell by cell, and exactly for the first cell.
+
+@settings(max_examples=15, deadline=None)
+@given(thresholds=st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3).map(sorted))
+def test_cell_routing_is_monotone_cell_by_cell(tiny_model, mixed_batch, thresholds) -> None:
+    """With ``router_input="cell"`` the guarantee holds per cell, for the inputs it receives.
+
+    Whole-network FLOPs are not monotone per sample then: a later cell's router sees the
+    earlier cells' outputs, which change with the threshold, so it may pick another
+    (possibly dearer) branch. The first cell's inputs never change, so it holds exactly there.
     """
-    model, x = routed
+    model, x = tiny_model(router_input="cell"), mixed_batch()
     table = model.cost_table(28, 28)
     inputs = cell_inputs(model, x)
     with torch.no_grad():
@@ -69,22 +83,9 @@ def test_raising_the_threshold_never_raises_a_samples_cost(routed, thresholds) -
         assert not torch.any(high & ~low)
 
 
-@settings(max_examples=15, deadline=None)
-@given(thresholds=st.lists(st.floats(0.0, 1.0), min_size=4, max_size=4).map(sorted), seed=st.integers(0, 5))
-def test_stem_routed_drnet_never_raises_a_samples_total_flops(tiny_model, mixed_batch, thresholds, seed) -> None:
-    """With ``router_input="stem"`` no router depends on another cell's route, so the
-    whole-network guarantee holds: a higher threshold never raises any sample's FLOPs."""
-    model = tiny_model(seed=seed, router_input="stem")
-    x = mixed_batch(seed=seed)
-    traces = [trace_of(model, x, RoutingPolicy(t)) for t in thresholds]
-    for low, high in itertools.pairwise(traces):
-        assert not torch.any(high.ran & ~low.ran)
-        assert torch.all(high.flops <= low.flops)
-
-
 def test_stem_routed_drnet_routes_differ_per_sample(tiny_model, mixed_batch) -> None:
-    """Guard for the property above: the stem-routed model really gives samples different routes."""
-    trace = trace_of(tiny_model(router_input="stem"), mixed_batch(), RoutingPolicy(0.15))
+    """Guard for the monotonicity property: the stem-routed model really gives samples different routes."""
+    trace = trace_of(tiny_model(), mixed_batch(), RoutingPolicy(0.15))
     assert len({tuple(r.flatten().tolist()) for r in trace.ran}) > 1
 
 
