@@ -39,6 +39,7 @@ class Cell(nn.Module):
         dynamic: instance-aware router if True, else one learned weight table for all inputs.
         context_channels: if set, the router reads a context map with that many channels
             (the stem output) instead of the cell's own inputs; see ``DRNetConfig.router_input``.
+        router_grid: the router pools what it reads onto a router_grid x router_grid layout.
     """
 
     def __init__(
@@ -53,6 +54,7 @@ class Cell(nn.Module):
         router_hidden: int,
         dynamic: bool = True,
         context_channels: int | None = None,
+        router_grid: int = 1,
     ):
         super().__init__()
         self.reduction, self.channels, self.num_nodes = reduction, c, num_nodes
@@ -65,7 +67,7 @@ class Cell(nn.Module):
         )
         num_edges, num_branches = len(self.edges), len(branches)
         self.router = (
-            Router(context_channels or 2 * c, router_hidden, num_edges, num_branches)
+            Router(context_channels or 2 * c, router_hidden, num_edges, num_branches, router_grid)
             if dynamic
             else StaticRouter(num_edges, num_branches)
         )

@@ -50,6 +50,7 @@ class DRNetConfig:
     # cell's two inputs (DESIGN.md's first sketch, more instance-aware in later cells, but a
     # higher threshold upstream can then steer a later cell to a dearer branch; README "Known limits").
     router_input: str = "stem"
+    router_grid: int = 1  # the router pools what it reads onto a grid x grid layout (1 = global average)
     threshold: float = 0.1  # inference: run a branch if its gate weight >= threshold
     top_k: int | None = None  # inference: also cap the branches per edge at the k heaviest
 
@@ -63,6 +64,8 @@ class DRNetConfig:
         if self.num_cells < 1 or self.num_nodes < 1 or self.channels < 2:
             raise ValueError("num_cells, num_nodes must be >= 1 and channels >= 2")
         RoutingPolicy(self.threshold, self.top_k)  # validates both
+        if self.router_grid < 1:
+            raise ValueError(f"router_grid must be >= 1, got {self.router_grid}")
         if self.router_input not in ("cell", "stem"):
             raise ValueError(f"router_input must be 'cell' or 'stem', got {self.router_input!r}")
 
@@ -92,7 +95,7 @@ class DRNet(nn.Module):
             c = c * 2 if reduction else c
             cell = Cell(
                 c_pp, c_p, c, reduction, reduction_prev, config.num_nodes, config.branches, config.router_hidden,
-                config.dynamic, c_stem if config.router_input == "stem" else None,
+                config.dynamic, c_stem if config.router_input == "stem" else None, config.router_grid,
             )  # fmt: skip
             cells.append(cell)
             c_pp, c_p, reduction_prev = c_p, cell.out_channels, reduction

@@ -51,17 +51,24 @@ def select(weights: torch.Tensor, policy: RoutingPolicy) -> torch.Tensor:
 
 
 class Router(nn.Module):
-    """Instance-aware router: global-average-pooled cell inputs -> MLP -> logits [B, E, K]."""
+    """Instance-aware router: average-pooled feature maps -> MLP -> logits [B, E, K].
 
-    def __init__(self, in_channels: int, hidden: int, num_edges: int, num_branches: int):
+    ``grid`` > 1 pools each map onto a grid x grid layout instead of one average, so the
+    router sees where things are (a shoe's silhouette is not a shirt's), not only how much.
+    """
+
+    def __init__(self, in_channels: int, hidden: int, num_edges: int, num_branches: int, grid: int = 1):
         super().__init__()
-        self.num_edges, self.num_branches = num_edges, num_branches
-        self.fc1 = nn.Linear(in_channels, hidden)
+        self.num_edges, self.num_branches, self.grid = num_edges, num_branches, grid
+        self.fc1 = nn.Linear(in_channels * grid * grid, hidden)
         self.fc2 = nn.Linear(hidden, num_edges * num_branches)
 
     def forward(self, *maps: torch.Tensor) -> torch.Tensor:
-        """Logits from the global-average-pooled feature maps it reads (the cell inputs, or the stem)."""
-        pooled = torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1)  # [B, sum of channels]
+        """Logits from the pooled feature maps it reads (the stem output, or the cell inputs)."""
+        if self.grid == 1:
+            pooled = torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1)  # [B, sum of channels]
+        else:
+            pooled = torch.cat([F.adaptive_avg_pool2d(m, self.grid).flatten(1) for m in maps], dim=1)
         logits = self.fc2(F.relu(self.fc1(pooled)))  # [B, E*K]
         return logits.view(-1, self.num_edges, self.num_branches)
 

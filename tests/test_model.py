@@ -104,6 +104,8 @@ def test_unknown_branch_in_config_is_named() -> None:
         ("drnet", {"threshold": 1.5}, r"threshold must lie in \[0, 1\]"),
         ("drnet", {"branches": ()}, r"at least one branch"),
         ("drnet", {"num_cells": 0}, r"num_cells"),
+        ("drnet", {"router_grid": 0}, r"router_grid must be >= 1"),
+        ("drnet", {"router_input": "image"}, r"router_input must be 'cell' or 'stem'"),
     ],
 )
 def test_bad_config_is_refused(name: str, config: dict, message: str) -> None:

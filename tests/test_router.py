@@ -91,8 +91,9 @@ def test_policy_bounds_are_accepted() -> None:
     assert RoutingPolicy(1.0, top_k=1).top_k == 1
 
 
-def test_router_shape_and_flops_match_flop_counter() -> None:
-    router = Router(in_channels=2 * 6, hidden=10, num_edges=5, num_branches=7)
+@pytest.mark.parametrize("grid", [1, 2, 4])
+def test_router_shape_and_flops_match_flop_counter(grid: int) -> None:
+    router = Router(in_channels=2 * 6, hidden=10, num_edges=5, num_branches=7, grid=grid)
     s0, s1 = torch.randn(3, 6, 9, 9), torch.randn(3, 6, 9, 9)
     assert router(s0, s1).shape == (3, 5, 7)
     counter = FlopCounterMode(display=False)
@@ -112,3 +113,15 @@ def test_router_depends_on_the_input_and_the_static_router_does_not() -> None:
     out = static(s0, s1)
     assert out.shape == (2, 5, 7) and torch.equal(out[0], out[1])
     assert static.flops() == 0
+
+
+def test_grid_router_sees_where_things_are() -> None:
+    """Two maps with the same global average but mirrored layouts: only a grid router tells them apart."""
+    torch.manual_seed(0)
+    left = torch.zeros(1, 3, 8, 8)
+    left[..., :4] = 1.0
+    right = left.flip(-1)
+    flat = Router(3, 10, 5, 7, grid=1)
+    assert torch.allclose(flat(left), flat(right))
+    gridded = Router(3, 10, 5, 7, grid=2)
+    assert not torch.allclose(gridded(left), gridded(right))

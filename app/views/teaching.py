@@ -122,8 +122,10 @@ def branches_step(a: Analysis, models: ModelSet, threshold: float) -> None:
 
 
 def router_step(a: Analysis, models: ModelSet, threshold: float) -> None:
+    reads_stem = models.checkpoints["drnet"].model.config.router_input == "stem"
+    looks_at = "the image's features after the first convolution" if reads_stem else "the cell's inputs"
     st.markdown(
-        "Before a cell runs, its **router** looks at the cell's inputs (averaged over the image, then two small layers) "
+        f"Before a cell runs, its **router** looks at {looks_at} (averaged over the image, then two small layers) "
         "and gives every branch on every edge a **weight**. The weights on one edge add up to 1. "
         "For this image, the first edge of cell 0 got:"
     )
