@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
@@ -170,3 +171,18 @@ def test_expected_cost_is_the_gate_weighted_branch_flops(routed) -> None:
     soft = table.expected_flops_fraction(gates)
     soft.sum().backward()  # the training loss needs this gradient to reach the router
     assert torch.all((soft > 0) & (soft < 1)) and gates.grad.abs().sum() > 0
+
+
+def test_shipped_drnet_never_costs_more_at_a_higher_threshold() -> None:
+    """The property on the trained model people use, over 1,000 real test images."""
+    from drnets.checkpoint import load_checkpoint
+    from drnets.data import load_dataset, normalization, to_input
+
+    loaded = load_checkpoint(Path(__file__).resolve().parents[1] / "assets" / "models" / "drnet")
+    data = load_dataset("fashion-mnist", "test").subset(1000)
+    x = to_input(data.images, *normalization("fashion-mnist", 1))
+    traces = [trace_of(loaded.model, x, RoutingPolicy(t)) for t in (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8)]
+    for low, high in itertools.pairwise(traces):
+        assert not torch.any(high.ran & ~low.ran)
+        assert torch.all(high.flops <= low.flops)
+    assert torch.all(traces[-1].flops < traces[0].flops)
