@@ -70,6 +70,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, default=d.seed)
     g = p.add_argument_group("routing")
     g.add_argument("--cost-weight", type=float, default=d.cost_weight, help="lambda on the expected-FLOPs loss")
+    g.add_argument("--cost-by-confidence", action="store_true",
+                   help="weight each image's cost by the model's confidence in its label (easy images pay more)")
     g.add_argument("--tau-start", type=float, default=d.tau_start, help="Gumbel-Softmax temperature at the start")
     g.add_argument("--tau-end", type=float, default=d.tau_end, help="... and at the end (geometric annealing)")
     g.add_argument("--threshold", type=float, default=d.threshold, help="routing threshold t")

@@ -56,6 +56,9 @@ class TrainConfig:
     lr: float = 3e-3  # peak of the one-cycle schedule
     weight_decay: float = 1e-4
     cost_weight: float = 0.5  # lambda: weight of the expected-FLOPs term (0 = accuracy only)
+    # Scale each image's cost term by the model's (detached) probability of its true class,
+    # normalised to mean 1: images the model finds easy pay more for FLOPs, hard ones less.
+    cost_by_confidence: bool = False
     tau_start: float = 1.0  # Gumbel-Softmax temperature at the first step
     tau_end: float = 0.3  # ... and at the last step
     threshold: float = 0.1  # routing threshold used in training and stored for inference
@@ -161,8 +164,11 @@ def training_loss(
     ce = F.cross_entropy(logits, labels)
     core = model.module if hasattr(model, "module") else model
     if isinstance(core, DRNet) and core.config.dynamic and cfg.cost_weight > 0:
-        cost = core.cost_table(h, w).expected_flops_fraction(trace.gates).float().mean()
-        return ce + cfg.cost_weight * cost, ce
+        cost = core.cost_table(h, w).expected_flops_fraction(trace.gates).float()  # [B]
+        if cfg.cost_by_confidence:
+            p_true = logits.detach().float().softmax(1).gather(1, labels[:, None]).squeeze(1)
+            cost = cost * p_true / p_true.mean().clamp_min(1e-6)
+        return ce + cfg.cost_weight * cost.mean(), ce
     return ce, ce
 
 

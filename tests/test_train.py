@@ -163,3 +163,24 @@ def test_resume_refuses_an_unreadable_state(
     assert main(_command(data_root, tmp_path, "--resume")[3:]) == 2
     err = capsys.readouterr().err
     assert "not a readable drnets training state" in err and "Traceback" not in err
+
+
+def test_cost_by_confidence_charges_each_image_by_its_label_probability(tiny_model, mixed_batch) -> None:
+    """The loss equals CE + lambda * mean(cost_i * p_i / mean(p)), p_i the detached true-class probability."""
+    from drnets.train import TrainConfig, training_loss
+
+    model = tiny_model().train()
+    x = mixed_batch()
+    labels = torch.arange(len(x)) % 10
+    torch.manual_seed(0)
+    logits, trace = model(x)
+    cost = model.cost_table(28, 28).expected_flops_fraction(trace.gates).float()
+    p_true = logits.detach().softmax(1)[torch.arange(len(x)), labels]
+    ce = torch.nn.functional.cross_entropy(logits, labels)
+    plain, _ = training_loss(model, logits, trace, labels, TrainConfig(cost_weight=0.3), 28, 28)
+    weighted, _ = training_loss(
+        model, logits, trace, labels, TrainConfig(cost_weight=0.3, cost_by_confidence=True), 28, 28
+    )
+    torch.testing.assert_close(plain, ce + 0.3 * cost.mean())
+    torch.testing.assert_close(weighted, ce + 0.3 * (cost * p_true / p_true.mean()).mean())
+    assert not torch.allclose(plain, weighted)  # the images' probabilities differ, so the weighting matters
