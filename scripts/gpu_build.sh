@@ -7,6 +7,7 @@
 # and the same recipe; the command each ran is in runs-gpu/M/args.json.
 #
 # Usage: scripts/gpu_build.sh            (on a machine with a GPU; a CPU works, slowly)
+# Known problem: DRNet training was far too slow on an H100 (docs/BENCHMARKS.md "GPU path").
 # Env:   BUDGET (s, default 330), MAX_EPOCHS (30), DATA_ROOT (Fashion-MNIST idx folder),
 #        LIMIT (train on the first N images; smoke runs only), OUT (where results go),
 #        SKIP_BENCH=1 (stop after training; otherwise the new models replace assets/models/).
@@ -22,9 +23,10 @@ LIMIT_ARGS=(${LIMIT:+--limit "$LIMIT"})
 PROBE_IMAGES=${PROBE_IMAGES:-5120}
 RUNS=runs-gpu
 MODELS=(drnet dense mobilenetv2)
-ROUTED='{"channels":16,"num_nodes":2,"router_input":"stem"}'
-declare -A CONFIG=([drnet]=$ROUTED [dense]='{"channels":16,"num_nodes":2}' [mobilenetv2]='{}')
-RECIPE=(--batch-size 256 --lr 3e-3 --cost-weight 0.2 --tau-start 1.0 --tau-end 0.3 --threshold 0.1 --seed 0)
+# The shipped architectures (docs/MODELS.md); a GPU affords batch 256 and more epochs.
+declare -A CONFIG=([drnet]='{"channels":12,"num_nodes":2,"router_input":"stem","router_grid":2}'
+                   [dense]='{"channels":12,"num_nodes":2}' [mobilenetv2]='{}')
+RECIPE=(--batch-size 256 --lr 3e-3 --cost-weight 0.05 --tau-start 1.0 --tau-end 0.3 --threshold 0.1 --seed 0)
 mkdir -p "$OUT" "$RUNS"
 exec > >(tee -a "$OUT/log.txt") 2>&1
 export OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1
