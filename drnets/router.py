@@ -65,10 +65,7 @@ class Router(nn.Module):
 
     def forward(self, *maps: torch.Tensor) -> torch.Tensor:
         """Logits from the pooled feature maps it reads (the stem output, or the cell inputs)."""
-        if self.grid == 1:
-            pooled = torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1)  # [B, sum of channels]
-        else:
-            pooled = torch.cat([F.adaptive_avg_pool2d(m, self.grid).flatten(1) for m in maps], dim=1)
+        pooled = torch.cat([F.adaptive_avg_pool2d(m, self.grid).flatten(1) for m in maps], dim=1)  # [B, C*grid^2]
         logits = self.fc2(F.relu(self.fc1(pooled)))  # [B, E*K]
         return logits.view(-1, self.num_edges, self.num_branches)
 

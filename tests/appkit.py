@@ -91,14 +91,24 @@ def garment_photo(size: tuple[int, int] = (640, 480), seed: int = 0) -> bytes:
     return out.getvalue()
 
 
-def drnet_flops(models_dir: Path, data: bytes, threshold: float) -> int:
-    """The reference: FLOPs of the DRNet on this upload, computed here without the app."""
+@dataclass(frozen=True)
+class Reference:
+    """What the DRNet makes of an upload, computed here without the app."""
+
+    pred: int
+    answer: str
+    flops: int
+
+
+def drnet_reference(models_dir: Path, data: bytes, threshold: float) -> Reference:
     ckpt = load_checkpoint(models_dir / "drnet")
     training = ckpt.training
     prepared = prepare_upload(data, tuple(training["input_size"]), tuple(training["mean"]), tuple(training["std"]))
     ckpt.model.policy = RoutingPolicy(threshold, None)
     with torch.no_grad():
-        return int(ckpt.model(prepared.tensor)[1].flops[0])
+        logits, trace = ckpt.model(prepared.tensor)
+    pred = int(logits[0].argmax())
+    return Reference(pred, ckpt.class_names[pred], int(trace.flops[0]))
 
 
 # ---- the app started the README's way, shared by test_launch and test_e2e ----

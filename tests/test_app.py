@@ -97,7 +97,9 @@ def test_upload_of_a_photo_and_a_broken_file(models_dir: Path) -> None:
     assert len(errors) == 1 and "broken.png" in errors[0], errors
     assert at.session_state[state.SAMPLE] is None, "a fresh upload replaces the sample"
     assert "shirt.jpg" in [s.value for s in at.subheader]
-    assert metric(at, "DRNet FLOPs") == _si(appkit.drnet_flops(models_dir, photo, at.slider(key=state.THRESHOLD).value))
+    assert metric(at, "DRNet FLOPs") == _si(
+        appkit.drnet_reference(models_dir, photo, at.slider(key=state.THRESHOLD).value).flops
+    )
     at.switch_page("views/attributions.py").run()  # the upload lives in the sidebar and survives a page switch
     assert_clean(at)
     assert [f.name for f in at.session_state[state.UPLOADS]] == ["shirt.jpg", "broken.png"]
@@ -123,7 +125,7 @@ def test_threshold_slider_reroutes_the_image(models_dir: Path) -> None:
         at.slider(key=state.THRESHOLD).set_value(t).run()
         assert_clean(at)
         seen[t] = metric(at, "DRNet FLOPs")
-        assert seen[t] == _si(appkit.drnet_flops(models_dir, sample, t))
+        assert seen[t] == _si(appkit.drnet_reference(models_dir, sample, t).flops)
     assert seen[0.0] != seen[0.3], "every branch runs at t=0, far fewer at t=0.3"
     assert shared.policy == policy_before, "a session's threshold must not leak into the shared model"
 

@@ -26,7 +26,6 @@ from drnets.attribution import attribute
 from drnets.checkpoint import load_checkpoint
 from drnets.data import load_dataset
 from drnets.router import RoutingPolicy
-from drnets.upload import prepare_upload
 
 SESSIONS = 8
 THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.5)
@@ -84,8 +83,8 @@ def test_concurrent_sessions_match_a_serial_run(models_dir: Path) -> None:
         results = list(pool.map(session, range(SESSIONS), images))
 
     for i, (result, image) in enumerate(zip(results, images, strict=True)):
-        assert result["flops"] == appkit.drnet_flops(models_dir, image, THRESHOLDS[i]), i
-        assert result["pred"] == _serial_pred(models_dir, image, THRESHOLDS[i]), i
+        reference = appkit.drnet_reference(models_dir, image, THRESHOLDS[i])
+        assert (result["flops"], result["pred"]) == (reference.flops, reference.pred), i
         for name in ("drnet", "mobilenetv2"):
             reference = _serial_attribution(models_dir, name, result["x"], THRESHOLDS[i])
             np.testing.assert_allclose(result["maps"][name], reference, atol=1e-5)
@@ -103,15 +102,6 @@ def test_concurrent_sessions_match_a_serial_run(models_dir: Path) -> None:
     for module in model.modules():
         hooks = (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks, module._backward_pre_hooks)
         assert not any(hooks), f"left-over hooks on {type(module).__name__}"
-
-
-def _serial_pred(models_dir: Path, image: bytes, threshold: float) -> int:
-    ckpt = load_checkpoint(models_dir / "drnet")
-    t = ckpt.training
-    x = prepare_upload(image, tuple(t["input_size"]), tuple(t["mean"]), tuple(t["std"])).tensor
-    ckpt.model.policy = RoutingPolicy(threshold, None)
-    with torch.no_grad():
-        return int(ckpt.model(x)[0].argmax())
 
 
 def _serial_attribution(models_dir: Path, name: str, x: torch.Tensor, threshold: float) -> np.ndarray:

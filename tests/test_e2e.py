@@ -13,15 +13,11 @@ from pathlib import Path
 
 import appkit
 import pytest
-import torch
 from appkit import AppServer
 from PIL import Image
 
 from app.ui import si
-from drnets.checkpoint import load_checkpoint
 from drnets.data import FASHION_MNIST_CLASSES, load_dataset
-from drnets.router import RoutingPolicy
-from drnets.upload import prepare_upload
 
 pytestmark = pytest.mark.e2e
 # Session fixtures from appkit: one server (and one models folder) for test_launch and test_e2e.
@@ -96,7 +92,7 @@ def test_upload_a_photo_and_a_broken_file_then_move_the_threshold(page, app_serv
     assert metric_value(page, "MobileNetV2 says") in FASHION_MNIST_CLASSES
     threshold = float(page.locator('[data-testid="stSliderThumbValue"]').inner_text())
     before = metric_value(page, "DRNet FLOPs")
-    assert before == si(appkit.drnet_flops(app_server.models, photo, threshold))
+    assert before == si(appkit.drnet_reference(app_server.models, photo, threshold).flops)
     shot(page, "2_uploaded")
 
     slider = page.locator('[data-testid="stSlider"] input[type="range"]').first
@@ -111,7 +107,7 @@ def test_upload_a_photo_and_a_broken_file_then_move_the_threshold(page, app_serv
     )
     settle(page)
     assert page.locator('[data-testid="stSliderThumbValue"]').inner_text() == "0.00"
-    assert metric_value(page, "DRNet FLOPs") == si(appkit.drnet_flops(app_server.models, photo, 0.0))
+    assert metric_value(page, "DRNet FLOPs") == si(appkit.drnet_reference(app_server.models, photo, 0.0).flops)
     assert not page.locator('[data-testid="stException"]').count()
     shot(page, "3_threshold_0")
 
@@ -132,16 +128,6 @@ def test_every_page_renders_without_errors(page) -> None:
             '[data-testid="stAlertContentError"]'
         ).all_inner_texts()
         shot(page, re.sub(r"\W+", "_", link.lower()))
-
-
-def _reference_answer(models: Path, image: bytes, threshold: float) -> str:
-    """DRNet's answer for an upload, computed without the app."""
-    ckpt = load_checkpoint(models / "drnet")
-    t = ckpt.training
-    x = prepare_upload(image, tuple(t["input_size"]), tuple(t["mean"]), tuple(t["std"])).tensor
-    ckpt.model.policy = RoutingPolicy(threshold, None)
-    with torch.no_grad():
-        return ckpt.class_names[int(ckpt.model(x)[0].argmax())]
 
 
 @pytest.mark.slow
@@ -171,8 +157,9 @@ def test_eight_browser_sessions_at_once(browser, app_server: AppServer) -> None:
             page.get_by_role("heading", name=f"session{i}.png").wait_for()
             settle(page)
             threshold = float(page.locator('[data-testid="stSliderThumbValue"]').inner_text())
-            assert metric_value(page, "DRNet FLOPs") == si(appkit.drnet_flops(app_server.models, images[i], threshold))
-            assert metric_value(page, "DRNet says") == _reference_answer(app_server.models, images[i], threshold)
+            reference = appkit.drnet_reference(app_server.models, images[i], threshold)
+            assert metric_value(page, "DRNet FLOPs") == si(reference.flops)
+            assert metric_value(page, "DRNet says") == reference.answer
         uploads_done = time.monotonic() - started
         for page in pages:
             page.get_by_role("link", name="Attributions").click()
