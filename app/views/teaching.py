@@ -122,10 +122,13 @@ def branches_step(a: Analysis, models: ModelSet, threshold: float) -> None:
 
 
 def router_step(a: Analysis, models: ModelSet, threshold: float) -> None:
-    reads_stem = models.checkpoints["drnet"].model.config.router_input == "stem"
-    looks_at = "the image's features after the first convolution" if reads_stem else "the cell's inputs"
+    config = models.checkpoints["drnet"].model.config
+    looks_at = (
+        "the image's features after the first convolution" if config.router_input == "stem" else "the cell's inputs"
+    )
+    regions = "the image" if config.router_grid == 1 else f"each of {config.router_grid**2} regions of the image"
     st.markdown(
-        f"Before a cell runs, its **router** looks at {looks_at} (averaged over the image, then two small layers) "
+        f"Before a cell runs, its **router** looks at {looks_at} (averaged over {regions}, then two small layers) "
         "and gives every branch on every edge a **weight**. The weights on one edge add up to 1. "
         "For this image, the first edge of cell 0 got:"
     )
