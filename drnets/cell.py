@@ -38,7 +38,8 @@ class Cell(nn.Module):
         router_hidden: hidden width of the router MLP.
         dynamic: instance-aware router if True, else one learned weight table for all inputs.
         context_channels: if set, the router reads a context map with that many channels
-            (the stem output) instead of the cell's own inputs; see ``DRNetConfig.router_input``.
+            (the stem output, pooled once by the model) instead of the cell's own inputs; see
+            ``DRNetConfig.router_input``.
         router_grid: the router pools what it reads onto a router_grid x router_grid layout.
     """
 
@@ -79,11 +80,9 @@ class Cell(nn.Module):
     def out_channels(self) -> int:
         return self.num_nodes * self.channels
 
-    def route(
-        self, maps: tuple[torch.Tensor, ...], policy: RoutingPolicy, temperature: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gate weights [B, E, K] and the run mask [B, E, K] from the maps the router reads."""
-        weights = recalibrate(self.router(*maps), temperature, self.training)
+    def route(self, logits: torch.Tensor, policy: RoutingPolicy, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gate weights [B, E, K] and the run mask [B, E, K] from the router's logits."""
+        weights = recalibrate(logits, temperature, self.training)
         return weights, select(weights.detach(), policy)
 
     def forward(
@@ -100,10 +99,11 @@ class Cell(nn.Module):
 
         ``forced_ran`` ([B or 1, E, K] bool) replaces the router's selection, e.g. to keep
         the route of a real image fixed while attribution methods perturb it. ``context``
-        is what a stem-reading router reads.
+        is what a stem-reading router reads: the stem output already through ``pool_maps``.
         """
         s0, s1 = self.preprocess0(s0), self.preprocess1(s1)
-        weights, ran = self.route((context,) if context is not None else (s0, s1), policy, temperature)
+        logits = self.router.logits(context) if context is not None else self.router(s0, s1)
+        weights, ran = self.route(logits, policy, temperature)
         if forced_ran is not None:
             ran = forced_ran.to(ran.device).expand_as(ran)
         run = self._run_sparse if execution == "sparse" else self._run_masked

@@ -51,7 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
     from .data import DATASETS
-    from .train import TrainConfig
+    from .train import COST_SCALINGS, TrainConfig
 
     p = sub.add_parser("train", help="train a model and write a checkpoint folder")
     d = TrainConfig()
@@ -70,8 +70,11 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, default=d.seed)
     g = p.add_argument_group("routing")
     g.add_argument("--cost-weight", type=float, default=d.cost_weight, help="lambda on the expected-FLOPs loss")
-    g.add_argument("--cost-by-confidence", action="store_true",
-                   help="weight each image's cost by the model's confidence in its label (easy images pay more)")
+    g.add_argument("--cost-scaling", choices=COST_SCALINGS, default=d.cost_scaling,
+                   help="how each image's cost is scaled: the same for all, by the model's confidence in its label, "
+                   "or by that confidence's rank in the batch (easy images pay more)")  # fmt: skip
+    g.add_argument("--pool-price", type=float, default=d.pool_price,
+                   help="charge pooling branches this many 3x3 depthwise convs' FLOPs in the cost loss (default 0)")  # fmt: skip
     g.add_argument("--tau-start", type=float, default=d.tau_start, help="Gumbel-Softmax temperature at the start")
     g.add_argument("--tau-end", type=float, default=d.tau_end, help="... and at the end (geometric annealing)")
     g.add_argument("--threshold", type=float, default=d.threshold, help="routing threshold t")

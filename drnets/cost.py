@@ -23,6 +23,8 @@ class CostTable:
         base_flops, base_params: stem and classifier (and, for a static network, everything).
         cell_flops, cell_params: [L] preprocessing + router of each cell, paid by every sample.
         branch_flops, branch_params: [L, E, K] cost of each candidate branch when it runs.
+        branch_pooled: [L, E, K] values a pooling branch writes per sample (C x H' x W'), 0 for
+            the other branches: work that FLOPs do not count, for a cost loss that prices it.
     """
 
     base_flops: int
@@ -31,6 +33,7 @@ class CostTable:
     cell_params: torch.Tensor
     branch_flops: torch.Tensor
     branch_params: torch.Tensor
+    branch_pooled: torch.Tensor
 
     @property
     def dense_flops(self) -> int:
@@ -47,16 +50,23 @@ class CostTable:
         cell_params = self.cell_params + (used * self.branch_params).sum(dim=(2, 3))
         return cell_flops, cell_params, self.base_flops + cell_flops.sum(1), self.base_params + cell_params.sum(1)
 
-    def expected_flops_fraction(self, gates: torch.Tensor) -> torch.Tensor:
-        """Differentiable cost [B]: gate-weighted branch FLOPs as a fraction of the dense branches' FLOPs."""
-        weights = self.branch_flops.to(gates.device, gates.dtype)
-        return (gates * weights).sum(dim=(1, 2, 3)) / weights.sum().clamp_min(1)
+    def expected_flops_fraction(self, gates: torch.Tensor, pool_price: float = 0.0) -> torch.Tensor:
+        """Differentiable cost [B]: gate-weighted branch FLOPs as a fraction of the dense branches' FLOPs.
+
+        ``pool_price`` > 0 also charges each pooling branch ``pool_price`` x the FLOPs of a 3x3
+        depthwise convolution with its output shape (18 per output value): pools do no
+        multiply-adds, but on a CPU they take about as long as the convolution branches.
+        """
+        flops = self.branch_flops.to(gates.device, gates.dtype)
+        prices = flops + (18 * pool_price) * self.branch_pooled.to(gates.device, gates.dtype)
+        return (gates * prices).sum(dim=(1, 2, 3)) / flops.sum().clamp_min(1)
 
 
 def static_cost_table(base_flops: int, base_params: int) -> CostTable:
     """Cost table of a network without routing (every sample pays everything)."""
     empty = torch.zeros(0, dtype=torch.long)
-    return CostTable(base_flops, base_params, empty, empty, empty.view(0, 0, 0), empty.view(0, 0, 0))
+    no_branches = empty.view(0, 0, 0)
+    return CostTable(base_flops, base_params, empty, empty, no_branches, no_branches, no_branches)
 
 
 def measure_flops(model: nn.Module, x: torch.Tensor) -> int:

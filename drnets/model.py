@@ -16,8 +16,8 @@ from torch import nn
 
 from .cell import Cell, Execution
 from .cost import CostTable, static_cost_table
-from .ops import PRIMITIVES, param_count, sequential_flops
-from .router import RoutingPolicy
+from .ops import PRIMITIVES, Pool, param_count, sequential_flops
+from .router import RoutingPolicy, pool_maps
 from .trace import RoutingTrace
 
 
@@ -112,7 +112,7 @@ class DRNet(nn.Module):
         if forced_route is not None:
             self._check_route(forced_route, x.shape[0])
         s0 = s1 = self.stem(x)
-        context = s0 if self.config.router_input == "stem" else None
+        context = pool_maps((s0,), self.config.router_grid) if self.config.router_input == "stem" else None
         gates, ran = [], []
         for i, cell in enumerate(self.cells):
             forced = forced_route[:, i] if forced_route is not None else None
@@ -172,7 +172,7 @@ class DRNet(nn.Module):
     def _build_cost_table(self, h: int, w: int) -> CostTable:
         stem_flops, h, w = sequential_flops(self.stem, h, w)
         sizes = [(h, w), (h, w)]  # spatial size of s0, s1
-        cell_flops, cell_params, branch_flops, branch_params = [], [], [], []
+        cell_flops, cell_params, branch_flops, branch_params, branch_pooled = [], [], [], [], []
         for cell in self.cells:
             (h0, w0), (h1, w1) = sizes
             fixed = cell.preprocess0.flops(h0, w0) + cell.preprocess1.flops(h1, w1) + cell.router.flops()
@@ -186,6 +186,8 @@ class DRNet(nn.Module):
             cell_params.append(cell.fixed_params())
             branch_flops.append(edge_flops)
             branch_params.append([[b.params() for b in edge] for edge in cell.branches])
+            pooled = cell.channels * h_out * w_out  # every branch writes one node map
+            branch_pooled.append([[pooled if isinstance(b, Pool) else 0 for b in edge] for edge in cell.branches])
             sizes = [(h1, w1), (h_out, w_out)]
         head_flops = 2 * self.classifier.in_features * self.classifier.out_features
         return CostTable(
@@ -195,6 +197,7 @@ class DRNet(nn.Module):
             cell_params=torch.tensor(cell_params, dtype=torch.long),
             branch_flops=torch.tensor(branch_flops, dtype=torch.long),
             branch_params=torch.tensor(branch_params, dtype=torch.long),
+            branch_pooled=torch.tensor(branch_pooled, dtype=torch.long),
         )
 
 

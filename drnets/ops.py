@@ -119,6 +119,23 @@ class Pool(Branch):
     def __init__(self, kind: str, stride: int):
         pool = nn.MaxPool2d(3, stride, 1) if kind == "max" else nn.AvgPool2d(3, stride, 1, count_include_pad=False)
         super().__init__(nn.Sequential(pool))
+        self.separable = kind == "max" and stride == 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Without autograd (inference), a stride-1 max pool runs as two 1-D passes: same values,
+        # 1.4-3x faster than ATen's kernel on this model's 12-48-channel maps (docs/BENCHMARKS.md).
+        if self.separable and not torch.is_grad_enabled():
+            return max_pool_3x3_separable(x)
+        return self.op(x)
+
+
+def max_pool_3x3_separable(x: torch.Tensor) -> torch.Tensor:
+    """``max_pool2d(x, 3, stride=1, padding=1)`` as a row max then a column max (exactly equal)."""
+    padded = nn.functional.pad(x, (1, 1, 1, 1), value=float("-inf"))
+    rows = torch.maximum(padded[..., :, :-2], padded[..., :, 1:-1])
+    torch.maximum(rows, padded[..., :, 2:], out=rows)
+    out = torch.maximum(rows[..., :-2, :], rows[..., 1:-1, :])
+    return torch.maximum(out, rows[..., 2:, :], out=out)
 
 
 class Identity(Branch):

@@ -50,6 +50,14 @@ def select(weights: torch.Tensor, policy: RoutingPolicy) -> torch.Tensor:
     return keep
 
 
+def pool_maps(maps: tuple[torch.Tensor, ...], grid: int) -> torch.Tensor:
+    """What a router reads [B, sum of C * grid^2]: each map averaged over a grid x grid layout.
+
+    Stem-reading routers all read the same pooled stem, so the model pools it once for every cell.
+    """
+    return torch.cat([F.adaptive_avg_pool2d(m, grid).flatten(1) for m in maps], dim=1)
+
+
 class Router(nn.Module):
     """Instance-aware router: average-pooled feature maps -> MLP -> logits [B, E, K].
 
@@ -64,10 +72,12 @@ class Router(nn.Module):
         self.fc2 = nn.Linear(hidden, num_edges * num_branches)
 
     def forward(self, *maps: torch.Tensor) -> torch.Tensor:
-        """Logits from the pooled feature maps it reads (the stem output, or the cell inputs)."""
-        pooled = torch.cat([F.adaptive_avg_pool2d(m, self.grid).flatten(1) for m in maps], dim=1)  # [B, C*grid^2]
-        logits = self.fc2(F.relu(self.fc1(pooled)))  # [B, E*K]
-        return logits.view(-1, self.num_edges, self.num_branches)
+        """Logits from the feature maps it reads (the stem output, or the cell inputs)."""
+        return self.logits(pool_maps(maps, self.grid))
+
+    def logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Logits [B, E, K] from maps already pooled by ``pool_maps`` with this router's grid."""
+        return self.fc2(F.relu(self.fc1(pooled))).view(-1, self.num_edges, self.num_branches)
 
     def flops(self) -> int:
         return 2 * (self.fc1.in_features * self.fc1.out_features + self.fc2.in_features * self.fc2.out_features)
@@ -81,7 +91,11 @@ class StaticRouter(nn.Module):
         self.alpha = nn.Parameter(torch.zeros(num_edges, num_branches))
 
     def forward(self, *maps: torch.Tensor) -> torch.Tensor:
-        return self.alpha.unsqueeze(0).repeat(maps[0].shape[0], 1, 1)  # not a view: FlopCounterMode needs a grad_fn
+        return self.logits(maps[0])
+
+    def logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The same logits for each of the batch's inputs (``pooled`` only gives the batch size)."""
+        return self.alpha.unsqueeze(0).repeat(pooled.shape[0], 1, 1)  # not a view: FlopCounterMode needs a grad_fn
 
     def flops(self) -> int:
         return 0

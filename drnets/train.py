@@ -43,6 +43,7 @@ STATE_FILE = "train_state.pt"
 STATE_KEYS = {"model", "optimizer", "scheduler", "epoch", "history"}
 # Recipe fields that may change between an interrupted run and its --resume.
 RESUMABLE_CHANGES = ("out", "log_every", "data_root")
+COST_SCALINGS = ("uniform", "confidence", "rank")
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,14 @@ class TrainConfig:
     lr: float = 3e-3  # peak of the one-cycle schedule
     weight_decay: float = 1e-4
     cost_weight: float = 0.5  # lambda: weight of the expected-FLOPs term (0 = accuracy only)
-    # Scale each image's cost term by the model's (detached) probability of its true class,
-    # normalised to mean 1: images the model finds easy pay more for FLOPs, hard ones less.
-    cost_by_confidence: bool = False
+    # How each image's cost term is scaled (mean 1 over the batch, so lambda keeps its meaning):
+    # "uniform" charges every image the same; "confidence" by the model's detached probability
+    # of its true class; "rank" by that probability's rank in the batch, from 0 (the hardest
+    # image pays nothing) to 2 (the easiest pays double), whatever the probabilities' spread.
+    cost_scaling: str = "uniform"
+    # Charge pooling branches pool_price x a 3x3 depthwise conv's FLOPs in the cost term (0 = FLOPs
+    # only): they cost no FLOPs but real time, and a router told they are free prefers them.
+    pool_price: float = 0.0
     tau_start: float = 1.0  # Gumbel-Softmax temperature at the first step
     tau_end: float = 0.3  # ... and at the last step
     threshold: float = 0.1  # routing threshold used in training and stored for inference
@@ -66,6 +72,10 @@ class TrainConfig:
     limit: int | None = None  # train on the first N images only (smoke tests)
     model_overrides: str = "{}"  # JSON dict of model-config overrides, e.g. '{"channels": 16}'
     log_every: int = 50
+
+    def __post_init__(self) -> None:
+        if self.cost_scaling not in COST_SCALINGS:
+            raise ValueError(f"cost_scaling must be one of {', '.join(COST_SCALINGS)}, got {self.cost_scaling!r}")
 
     def overrides(self) -> dict[str, Any]:
         try:
@@ -164,12 +174,20 @@ def training_loss(
     ce = F.cross_entropy(logits, labels)
     core = model.module if hasattr(model, "module") else model
     if isinstance(core, DRNet) and core.config.dynamic and cfg.cost_weight > 0:
-        cost = core.cost_table(h, w).expected_flops_fraction(trace.gates).float()  # [B]
-        if cfg.cost_by_confidence:
-            p_true = logits.detach().float().softmax(1).gather(1, labels[:, None]).squeeze(1)
-            cost = cost * p_true / p_true.mean().clamp_min(1e-6)
-        return ce + cfg.cost_weight * cost.mean(), ce
+        cost = core.cost_table(h, w).expected_flops_fraction(trace.gates, cfg.pool_price).float()  # [B]
+        return ce + cfg.cost_weight * (cost * cost_scale(logits, labels, cfg.cost_scaling)).mean(), ce
     return ce, ce
+
+
+def cost_scale(logits: torch.Tensor, labels: torch.Tensor, scaling: str) -> torch.Tensor:
+    """Per-image multiplier [B] (mean 1) on the cost term: how much easy images pay relative to hard ones."""
+    if scaling == "uniform":
+        return torch.ones(len(labels), device=logits.device)
+    p_true = logits.detach().float().softmax(1).gather(1, labels[:, None]).squeeze(1)
+    if scaling == "confidence":
+        return p_true / p_true.mean().clamp_min(1e-6)
+    rank = p_true.argsort().argsort().float()  # 0 = least confident
+    return 2 * rank / max(len(labels) - 1, 1)
 
 
 def weights_digest(model: nn.Module) -> str:

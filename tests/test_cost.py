@@ -74,7 +74,8 @@ def test_cell_routing_is_monotone_cell_by_cell(tiny_model, mixed_batch, threshol
     with torch.no_grad():
         for layer, (cell, (s0, s1)) in enumerate(zip(model.cells, inputs)):
             s0, s1 = cell.preprocess0(s0), cell.preprocess1(s1)
-            routes = [cell.route((s0, s1), RoutingPolicy(t), model.temperature)[1] for t in thresholds]
+            logits = cell.router(s0, s1)
+            routes = [cell.route(logits, RoutingPolicy(t), model.temperature)[1] for t in thresholds]
             costs = [(route.long() * table.branch_flops[layer]).sum(dim=(1, 2)) for route in routes]
             for low, high, low_cost, high_cost in zip(routes, routes[1:], costs, costs[1:]):
                 assert not torch.any(high & ~low), f"cell {layer}: a higher threshold switched a branch on"
@@ -171,6 +172,28 @@ def test_expected_cost_is_the_gate_weighted_branch_flops(routed) -> None:
     soft = table.expected_flops_fraction(gates)
     soft.sum().backward()  # the training loss needs this gradient to reach the router
     assert torch.all((soft > 0) & (soft < 1)) and gates.grad.abs().sum() > 0
+
+
+def test_pool_price_charges_each_pooling_branch_like_a_depthwise_conv(routed) -> None:
+    """Price p adds p x 18 x (values of the pool's output map) per unit of a pooling branch's gate, nothing else."""
+    from drnets.ops import Pool
+
+    model, x = routed
+    table = model.cost_table(28, 28)
+    gates = trace_of(model, x, RoutingPolicy(0.15)).gates
+    extra = torch.zeros(table.branch_flops.shape)
+    h = w = 28
+    for layer, cell in enumerate(model.cells):
+        if cell.reduction:
+            h, w = (h + 1) // 2, (w + 1) // 2
+        for e, edge in enumerate(cell.branches):
+            for k, branch in enumerate(edge):
+                if isinstance(branch, Pool):
+                    extra[layer, e, k] = 18 * cell.channels * h * w
+    assert extra.sum() > 0
+    priced = table.expected_flops_fraction(gates, pool_price=2.5)
+    expected = table.expected_flops_fraction(gates) + 2.5 * (gates * extra).sum(dim=(1, 2, 3)) / int(table.branch_flops.sum())
+    torch.testing.assert_close(priced, expected)
 
 
 def test_shipped_drnet_never_costs_more_at_a_higher_threshold() -> None:

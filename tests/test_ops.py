@@ -67,3 +67,21 @@ def _in_channels(module: torch.nn.Module) -> int:
 def test_unknown_branch_name_is_refused_with_the_known_list() -> None:
     with pytest.raises(ValueError, match=r"unknown branch 'conv_7x7'.*sep_conv_3x3"):
         create_branch("conv_7x7", C, 1)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", [(1, 12, 28, 28), (3, 5, 7, 9), (2, 48, 1, 1), (4, 24, 14, 2)])
+def test_separable_max_pool_equals_aten_max_pool(shape: tuple[int, ...], channels_last: bool) -> None:
+    """The inference fast path of a stride-1 max pool gives exactly what nn.MaxPool2d gives, in the same layout."""
+    x = torch.randn(shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    pool = create_branch("max_pool_3x3", shape[1], stride=1)
+    with torch.no_grad():
+        fast = pool(x)
+    assert torch.equal(fast, torch.nn.functional.max_pool2d(x, 3, 1, 1))
+    if channels_last:
+        assert fast.is_contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    pool(x).sum().backward()  # with autograd: ATen's kernel, one gradient of 1 per output
+    assert x.grad.sum() == x.numel()

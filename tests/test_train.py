@@ -165,8 +165,8 @@ def test_resume_refuses_an_unreadable_state(
     assert "not a readable drnets training state" in err and "Traceback" not in err
 
 
-def test_cost_by_confidence_charges_each_image_by_its_label_probability(tiny_model, mixed_batch) -> None:
-    """The loss equals CE + lambda * mean(cost_i * p_i / mean(p)), p_i the detached true-class probability."""
+def test_cost_scaling_charges_each_image_by_how_easy_the_model_finds_it(tiny_model, mixed_batch) -> None:
+    """The loss equals CE + lambda * mean(cost_i * s_i), s_i the image's scale (mean 1) from its true-class probability."""
     from drnets.train import TrainConfig, training_loss
 
     model = tiny_model().train()
@@ -176,11 +176,27 @@ def test_cost_by_confidence_charges_each_image_by_its_label_probability(tiny_mod
     logits, trace = model(x)
     cost = model.cost_table(28, 28).expected_flops_fraction(trace.gates).float()
     p_true = logits.detach().softmax(1)[torch.arange(len(x)), labels]
+    rank = torch.empty(len(x)).index_put_((p_true.argsort(),), torch.arange(len(x), dtype=torch.float))
+    expected = {
+        "uniform": torch.ones(len(x)),
+        "confidence": p_true / p_true.mean(),
+        "rank": 2 * rank / (len(x) - 1),  # 0 for the least confident image, 2 for the most
+    }
     ce = torch.nn.functional.cross_entropy(logits, labels)
-    plain, _ = training_loss(model, logits, trace, labels, TrainConfig(cost_weight=0.3), 28, 28)
-    weighted, _ = training_loss(
-        model, logits, trace, labels, TrainConfig(cost_weight=0.3, cost_by_confidence=True), 28, 28
-    )
-    torch.testing.assert_close(plain, ce + 0.3 * cost.mean())
-    torch.testing.assert_close(weighted, ce + 0.3 * (cost * p_true / p_true.mean()).mean())
-    assert not torch.allclose(plain, weighted)  # the images' probabilities differ, so the weighting matters
+    for scaling, scale in expected.items():
+        loss, _ = training_loss(
+            model, logits, trace, labels, TrainConfig(cost_weight=0.3, cost_scaling=scaling), 28, 28
+        )
+        torch.testing.assert_close(loss, ce + 0.3 * (cost * scale).mean(), msg=scaling)
+        torch.testing.assert_close(scale.mean(), torch.tensor(1.0))  # lambda keeps its meaning
+    assert len(set(p_true.tolist())) == len(x)  # distinct probabilities, so the three scalings differ
+    priced = model.cost_table(28, 28).expected_flops_fraction(trace.gates, pool_price=2.0).float()
+    loss, _ = training_loss(model, logits, trace, labels, TrainConfig(cost_weight=0.3, pool_price=2.0), 28, 28)
+    torch.testing.assert_close(loss, ce + 0.3 * priced.mean())
+
+
+def test_unknown_cost_scaling_is_refused() -> None:
+    from drnets.train import TrainConfig
+
+    with pytest.raises(ValueError, match="cost_scaling must be one of uniform, confidence, rank"):
+        TrainConfig(cost_scaling="loss")
