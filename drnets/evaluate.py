@@ -119,6 +119,35 @@ def _per_class(trace: RoutingTrace, labels: torch.Tensor, class_names: list[str]
     ]
 
 
+def _difficulty(per_class: list[dict[str, Any]], trace: RoutingTrace, labels: torch.Tensor) -> dict[str, Any]:
+    """Do easy inputs cost less? Classes ranked by accuracy, split in an easier and a harder half.
+
+    ``easy_classes_flops_mean`` / ``hard_classes_flops_mean``: mean FLOPs per image of each half;
+    ``accuracy_flops_correlation``: Pearson r across classes (negative = easy classes cheaper;
+    None when it is undefined); ``correct_flops_mean`` / ``wrong_flops_mean``: per image.
+    """
+    ranked = sorted(per_class, key=lambda r: -r["accuracy"])
+    easy, hard = ranked[: len(ranked) // 2], ranked[len(ranked) // 2 :]
+
+    def mean_flops(rows: list[dict[str, Any]]) -> float | None:
+        n = sum(r["n"] for r in rows)
+        return sum(r["flops_mean"] * r["n"] for r in rows) / n if n else None
+
+    accuracy = np.array([r["accuracy"] for r in per_class])
+    flops = np.array([r["flops_mean"] for r in per_class])
+    defined = len(per_class) >= 3 and accuracy.std() > 0 and flops.std() > 0
+    correct = (trace.preds.cpu() == labels).numpy()
+    image_flops = trace.flops.double().numpy()
+    return {
+        "easy_classes": [r["class"] for r in easy],
+        "easy_classes_flops_mean": mean_flops(easy),
+        "hard_classes_flops_mean": mean_flops(hard),
+        "accuracy_flops_correlation": float(np.corrcoef(accuracy, flops)[0, 1]) if defined else None,
+        "correct_flops_mean": float(image_flops[correct].mean()) if correct.any() else None,
+        "wrong_flops_mean": float(image_flops[~correct].mean()) if (~correct).any() else None,
+    }
+
+
 def _branch_usage(trace: RoutingTrace, labels: torch.Tensor, class_names: list[str]) -> tuple[list[dict], list[dict]]:
     """Per (class, cell, branch) and per (cell, branch): share of (sample, edge) pairs where the branch ran."""
     n, cells, edges, k = trace.ran.shape
@@ -198,7 +227,8 @@ def evaluate(
     Returns:
         The ``eval.json`` dict: totals (``accuracy``, ``flops_mean``/``p50``/``p90``/``p99``/
         ``min``/``max``, ``params_used_mean``, ``dense_flops``, ``dense_params``), ``per_class``
-        rows, ``branch_usage`` per (class, cell, branch) and ``cell_usage`` per (cell, branch) as
+        rows, ``difficulty`` (do easy classes and correctly classified images cost less),
+        ``branch_usage`` per (class, cell, branch) and ``cell_usage`` per (cell, branch) as
         the share of (image, edge) pairs that ran the branch, the 5 cheapest and 5 most
         expensive images with their pixels (``extremes``) and the ``sweep`` rows.
 
@@ -242,6 +272,7 @@ def evaluate(
     flops = trace.flops.double().numpy()
     totals = _summary(trace, data.labels)
     by_class, by_cell = _branch_usage(trace, data.labels, checkpoint.class_names)
+    per_class = _per_class(trace, data.labels, checkpoint.class_names)
     return {
         "model": checkpoint.name,
         "dataset": data.name,
@@ -260,7 +291,8 @@ def evaluate(
         "dense_flops": int(trace.dense_flops),
         "dense_params": int(trace.dense_params),
         "seconds": seconds,
-        "per_class": _per_class(trace, data.labels, checkpoint.class_names),
+        "per_class": per_class,
+        "difficulty": _difficulty(per_class, trace, data.labels),
         "branch_usage": by_class,
         "cell_usage": by_cell,
         "extremes": _extremes(trace, data),
@@ -307,6 +339,7 @@ def format_summary(result: dict[str, Any]) -> str:
             f"  {row['class']:<14} {row['n']:>6} {row['accuracy']:>9.4f} {row['flops_mean'] / m:>16.3f} "
             f"{row['flops_mean'] / result['flops_mean'] - 1:>+8.1%}"
         )
+    lines += _difficulty_lines(result.get("difficulty"), m)
     if result["sweep"]:
         lines += [
             "",
@@ -319,6 +352,29 @@ def format_summary(result: dict[str, Any]) -> str:
                 f"{row['params_used_mean']:>12,.0f}"
             )
     return "\n".join(lines)
+
+
+def _difficulty_lines(difficulty: dict[str, Any] | None, m: float) -> list[str]:
+    """'Easy classes cheaper?' in two lines; nothing for a static model, whose cost never varies."""
+    if not difficulty or difficulty["easy_classes_flops_mean"] is None or difficulty["hard_classes_flops_mean"] is None:
+        return []
+    easy, hard = difficulty["easy_classes_flops_mean"], difficulty["hard_classes_flops_mean"]
+    if easy == hard:
+        return []
+    r = difficulty["accuracy_flops_correlation"]
+    verdict = "cheaper" if easy < hard else "dearer"
+    lines = [
+        "",
+        f"easy classes {verdict}: the more accurate half ({', '.join(difficulty['easy_classes'])}) "
+        f"{easy / m:.3f} MFLOPs per image, the rest {hard / m:.3f} ({easy / hard - 1:+.1%})"
+        + (f"; accuracy-FLOPs correlation across classes {r:+.2f}" if r is not None else ""),
+    ]
+    if difficulty["correct_flops_mean"] is not None and difficulty["wrong_flops_mean"] is not None:
+        lines.append(
+            f"correctly classified images {difficulty['correct_flops_mean'] / m:.3f} MFLOPs, "
+            f"misclassified {difficulty['wrong_flops_mean'] / m:.3f}"
+        )
+    return lines
 
 
 def write_results(out: Path, result: dict[str, Any]) -> list[Path]:

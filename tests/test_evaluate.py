@@ -7,6 +7,7 @@ import itertools
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from fakedata import write_idx_dataset
@@ -20,7 +21,7 @@ from drnets.model import create_model
 TOP_KEYS = {
     "model", "dataset", "split", "n", "threshold", "top_k", "accuracy", "flops_mean", "flops_p50", "flops_p90",
     "flops_p99", "flops_min", "flops_max", "params_used_mean", "dense_flops", "dense_params", "seconds",
-    "per_class", "branch_usage", "cell_usage", "extremes", "sweep",
+    "per_class", "difficulty", "branch_usage", "cell_usage", "extremes", "sweep",
 }  # fmt: skip
 TINY = {"channels": 4, "num_cells": 3, "num_nodes": 2}
 TRAINING = {"dataset": "fashion-mnist", "mean": [0.286], "std": [0.353], "input_size": [1, 28, 28]}
@@ -92,6 +93,23 @@ def test_eval_json_contract_and_sums(drnet_dir: Path, data_root: Path, capsys: p
         )
     assert weighted == pytest.approx(cell_usage)
 
+    # Difficulty: the easier half of the classes (by accuracy) against the rest, from the same rows.
+    difficulty = result["difficulty"]
+    ranked = sorted(per_class, key=lambda r: -r["accuracy"])
+    easy = ranked[: len(ranked) // 2]
+    assert difficulty["easy_classes"] == [r["class"] for r in easy]
+    assert difficulty["easy_classes_flops_mean"] == pytest.approx(
+        sum(r["flops_mean"] * r["n"] for r in easy) / sum(r["n"] for r in easy)
+    )
+    both = [difficulty["easy_classes_flops_mean"], difficulty["hard_classes_flops_mean"]]
+    assert min(both) <= result["flops_mean"] <= max(both)
+    accuracy, flops = ([r[key] for r in per_class] for key in ("accuracy", "flops_mean"))
+    assert difficulty["accuracy_flops_correlation"] == pytest.approx(float(np.corrcoef(accuracy, flops)[0, 1]))
+    n_correct = round(result["accuracy"] * N)
+    assert (difficulty["correct_flops_mean"] * n_correct + difficulty["wrong_flops_mean"] * (N - n_correct)) / N == (
+        pytest.approx(result["flops_mean"])
+    )
+
     # Extremes: 5 each, ordered, with the raw test image so the app can rerun it.
     data = load_dataset("fashion-mnist", "test", data_root)
     cheapest, dearest = result["extremes"]["cheapest"], result["extremes"]["most_expensive"]
@@ -123,6 +141,7 @@ def test_out_writes_eval_json_and_sweep_csv(
     assert main(args) == 0
     summary = capsys.readouterr().out
     assert "MFLOPs (2×MACs)" in summary and "per class, cheapest first" in summary and "threshold sweep" in summary
+    assert "easy classes cheaper" in summary or "easy classes dearer" in summary
     saved = json.loads((out / "eval.json").read_text())
     assert set(saved) == TOP_KEYS and saved["threshold"] == 0.2 and saved["top_k"] == 2
     assert saved["dataset"] == "fashion-mnist"  # taken from the checkpoint when --data is not given
