@@ -80,7 +80,9 @@ class Cell(nn.Module):
     def out_channels(self) -> int:
         return self.num_nodes * self.channels
 
-    def route(self, logits: torch.Tensor, policy: RoutingPolicy, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def route(
+        self, logits: torch.Tensor, policy: RoutingPolicy, temperature: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Gate weights [B, E, K] and the run mask [B, E, K] from the router's logits."""
         weights = recalibrate(logits, temperature, self.training)
         return weights, select(weights.detach(), policy)

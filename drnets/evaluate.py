@@ -339,7 +339,8 @@ def format_summary(result: dict[str, Any]) -> str:
             f"  {row['class']:<14} {row['n']:>6} {row['accuracy']:>9.4f} {row['flops_mean'] / m:>16.3f} "
             f"{row['flops_mean'] / result['flops_mean'] - 1:>+8.1%}"
         )
-    lines += _difficulty_lines(result.get("difficulty"), m)
+    if difficulty := describe_difficulty(result.get("difficulty")):
+        lines += ["", *difficulty]
     if result["sweep"]:
         lines += [
             "",
@@ -354,8 +355,10 @@ def format_summary(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _difficulty_lines(difficulty: dict[str, Any] | None, m: float) -> list[str]:
-    """'Easy classes cheaper?' in two lines; nothing for a static model, whose cost never varies."""
+def describe_difficulty(difficulty: dict[str, Any] | None) -> list[str]:
+    """'Easy classes cheaper?' in one or two sentences (the CLI summary and the app's explorer);
+    nothing for a static model, whose cost never varies."""
+    m = 1e6
     if not difficulty or difficulty["easy_classes_flops_mean"] is None or difficulty["hard_classes_flops_mean"] is None:
         return []
     easy, hard = difficulty["easy_classes_flops_mean"], difficulty["hard_classes_flops_mean"]
@@ -364,15 +367,15 @@ def _difficulty_lines(difficulty: dict[str, Any] | None, m: float) -> list[str]:
     r = difficulty["accuracy_flops_correlation"]
     verdict = "cheaper" if easy < hard else "dearer"
     lines = [
-        "",
-        f"easy classes {verdict}: the more accurate half ({', '.join(difficulty['easy_classes'])}) "
+        f"Easy classes {verdict}: the more accurate half ({', '.join(difficulty['easy_classes'])}) "
         f"{easy / m:.3f} MFLOPs per image, the rest {hard / m:.3f} ({easy / hard - 1:+.1%})"
-        + (f"; accuracy-FLOPs correlation across classes {r:+.2f}" if r is not None else ""),
+        + (f"; accuracy-FLOPs correlation across classes {r:+.2f}" if r is not None else "")
+        + ".",
     ]
     if difficulty["correct_flops_mean"] is not None and difficulty["wrong_flops_mean"] is not None:
         lines.append(
-            f"correctly classified images {difficulty['correct_flops_mean'] / m:.3f} MFLOPs, "
-            f"misclassified {difficulty['wrong_flops_mean'] / m:.3f}"
+            f"Correctly classified images {difficulty['correct_flops_mean'] / m:.3f} MFLOPs on average, "
+            f"misclassified ones {difficulty['wrong_flops_mean'] / m:.3f}."
         )
     return lines
 

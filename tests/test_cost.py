@@ -192,7 +192,9 @@ def test_pool_price_charges_each_pooling_branch_like_a_depthwise_conv(routed) ->
                     extra[layer, e, k] = 18 * cell.channels * h * w
     assert extra.sum() > 0
     priced = table.expected_flops_fraction(gates, pool_price=2.5)
-    expected = table.expected_flops_fraction(gates) + 2.5 * (gates * extra).sum(dim=(1, 2, 3)) / int(table.branch_flops.sum())
+    expected = table.expected_flops_fraction(gates) + 2.5 * (gates * extra).sum(dim=(1, 2, 3)) / int(
+        table.branch_flops.sum()
+    )
     torch.testing.assert_close(priced, expected)
 
 

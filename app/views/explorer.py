@@ -7,6 +7,7 @@ import streamlit as st
 
 from app import figures, state, ui
 from app.services import LABELS, MODEL_NAMES, ModelSet, load_eval, load_models, run_pixels
+from drnets.evaluate import describe_difficulty
 
 ALL_CELLS = "all cells"
 
@@ -44,6 +45,8 @@ def main() -> None:
             figures.class_flops_bars(pd.DataFrame(drnet["per_class"]), dense_flops=drnet["dense_flops"]),
             key="class_flops",
         )
+        if difficulty := describe_difficulty(drnet.get("difficulty")):
+            st.caption(" ".join(difficulty))
     with ui.guard("drawing the branch usage"):
         usage_ui(drnet)
     with ui.guard("re-running the cheapest and most expensive images"):
