@@ -59,9 +59,11 @@ class TrainConfig:
     cost_weight: float = 0.5  # lambda: weight of the expected-FLOPs term (0 = accuracy only)
     # How each image's cost term is scaled (mean 1 over the batch, so lambda keeps its meaning):
     # "uniform" charges every image the same; "confidence" by the model's detached probability
-    # of its true class; "rank" by that probability's rank in the batch, from 0 (the hardest
-    # image pays nothing) to 2 (the easiest pays double), whatever the probabilities' spread.
+    # of its true class; "rank" by that probability's rank in the batch, linearly from
+    # 1 - cost_contrast (the hardest image) to 1 + cost_contrast (the easiest), whatever the
+    # probabilities' spread. A contrast above 1 pays the hardest images for spending FLOPs.
     cost_scaling: str = "uniform"
+    cost_contrast: float = 1.0
     # Charge pooling branches pool_price x a 3x3 depthwise conv's FLOPs in the cost term (0 = FLOPs
     # only): they cost no FLOPs but real time, and a router told they are free prefers them.
     pool_price: float = 0.0
@@ -76,6 +78,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.cost_scaling not in COST_SCALINGS:
             raise ValueError(f"cost_scaling must be one of {', '.join(COST_SCALINGS)}, got {self.cost_scaling!r}")
+        if not self.cost_contrast >= 0:
+            raise ValueError(f"cost_contrast must be >= 0, got {self.cost_contrast}")
 
     def overrides(self) -> dict[str, Any]:
         try:
@@ -175,19 +179,19 @@ def training_loss(
     core = model.module if hasattr(model, "module") else model
     if isinstance(core, DRNet) and core.config.dynamic and cfg.cost_weight > 0:
         cost = core.cost_table(h, w).expected_flops_fraction(trace.gates, cfg.pool_price).float()  # [B]
-        return ce + cfg.cost_weight * (cost * cost_scale(logits, labels, cfg.cost_scaling)).mean(), ce
+        return ce + cfg.cost_weight * (cost * cost_scale(logits, labels, cfg)).mean(), ce
     return ce, ce
 
 
-def cost_scale(logits: torch.Tensor, labels: torch.Tensor, scaling: str) -> torch.Tensor:
+def cost_scale(logits: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     """Per-image multiplier [B] (mean 1) on the cost term: how much easy images pay relative to hard ones."""
-    if scaling == "uniform":
+    if cfg.cost_scaling == "uniform":
         return torch.ones(len(labels), device=logits.device)
     p_true = logits.detach().float().softmax(1).gather(1, labels[:, None]).squeeze(1)
-    if scaling == "confidence":
+    if cfg.cost_scaling == "confidence":
         return p_true / p_true.mean().clamp_min(1e-6)
-    rank = p_true.argsort().argsort().float()  # 0 = least confident
-    return 2 * rank / max(len(labels) - 1, 1)
+    rank = p_true.argsort().argsort().float() / max(len(labels) - 1, 1)  # 0 = least confident, 1 = most
+    return 1 + cfg.cost_contrast * (2 * rank - 1)
 
 
 def weights_digest(model: nn.Module) -> str:

@@ -181,12 +181,13 @@ def test_cost_scaling_charges_each_image_by_how_easy_the_model_finds_it(tiny_mod
         "uniform": torch.ones(len(x)),
         "confidence": p_true / p_true.mean(),
         "rank": 2 * rank / (len(x) - 1),  # 0 for the least confident image, 2 for the most
+        "rank-3": 1 + 3 * (2 * rank / (len(x) - 1) - 1),  # contrast 3: from -2 (pays for FLOPs) to 4
     }
     ce = torch.nn.functional.cross_entropy(logits, labels)
     for scaling, scale in expected.items():
-        loss, _ = training_loss(
-            model, logits, trace, labels, TrainConfig(cost_weight=0.3, cost_scaling=scaling), 28, 28
-        )
+        name, _, contrast = scaling.partition("-")
+        cfg = TrainConfig(cost_weight=0.3, cost_scaling=name, cost_contrast=float(contrast or 1))
+        loss, _ = training_loss(model, logits, trace, labels, cfg, 28, 28)
         torch.testing.assert_close(loss, ce + 0.3 * (cost * scale).mean(), msg=scaling)
         torch.testing.assert_close(scale.mean(), torch.tensor(1.0))  # lambda keeps its meaning
     assert len(set(p_true.tolist())) == len(x)  # distinct probabilities, so the three scalings differ
@@ -200,3 +201,5 @@ def test_unknown_cost_scaling_is_refused() -> None:
 
     with pytest.raises(ValueError, match="cost_scaling must be one of uniform, confidence, rank"):
         TrainConfig(cost_scaling="loss")
+    with pytest.raises(ValueError, match="cost_contrast must be >= 0"):
+        TrainConfig(cost_contrast=-1)
