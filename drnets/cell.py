@@ -41,6 +41,7 @@ class Cell(nn.Module):
             (the stem output, pooled once by the model) instead of the cell's own inputs; see
             ``DRNetConfig.router_input``.
         router_grid: the router pools what it reads onto a router_grid x router_grid layout.
+        router_relu: the router rectifies what it reads before pooling.
     """
 
     def __init__(
@@ -56,6 +57,7 @@ class Cell(nn.Module):
         dynamic: bool = True,
         context_channels: int | None = None,
         router_grid: int = 1,
+        router_relu: bool = False,
     ):
         super().__init__()
         self.reduction, self.channels, self.num_nodes = reduction, c, num_nodes
@@ -68,7 +70,7 @@ class Cell(nn.Module):
         )
         num_edges, num_branches = len(self.edges), len(branches)
         self.router = (
-            Router(context_channels or 2 * c, router_hidden, num_edges, num_branches, router_grid)
+            Router(context_channels or 2 * c, router_hidden, num_edges, num_branches, router_grid, router_relu)
             if dynamic
             else StaticRouter(num_edges, num_branches)
         )

@@ -51,6 +51,7 @@ class DRNetConfig:
     # higher threshold upstream can then steer a later cell to a dearer branch; README "Known limits").
     router_input: str = "stem"
     router_grid: int = 1  # the router pools what it reads onto a grid x grid layout (1 = global average)
+    router_relu: bool = False  # rectify what the router reads before pooling (see router.pool_maps)
     threshold: float = 0.1  # inference: run a branch if its gate weight >= threshold
     top_k: int | None = None  # inference: also cap the branches per edge at the k heaviest
 
@@ -95,7 +96,7 @@ class DRNet(nn.Module):
             c = c * 2 if reduction else c
             cell = Cell(
                 c_pp, c_p, c, reduction, reduction_prev, config.num_nodes, config.branches, config.router_hidden,
-                config.dynamic, c_stem if config.router_input == "stem" else None, config.router_grid,
+                config.dynamic, c_stem if config.router_input == "stem" else None, config.router_grid, config.router_relu,
             )  # fmt: skip
             cells.append(cell)
             c_pp, c_p, reduction_prev = c_p, cell.out_channels, reduction
@@ -112,7 +113,8 @@ class DRNet(nn.Module):
         if forced_route is not None:
             self._check_route(forced_route, x.shape[0])
         s0 = s1 = self.stem(x)
-        context = pool_maps((s0,), self.config.router_grid) if self.config.router_input == "stem" else None
+        stem_routed = self.config.router_input == "stem"
+        context = pool_maps((s0,), self.config.router_grid, self.config.router_relu) if stem_routed else None
         gates, ran = [], []
         for i, cell in enumerate(self.cells):
             forced = forced_route[:, i] if forced_route is not None else None

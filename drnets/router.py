@@ -50,12 +50,15 @@ def select(weights: torch.Tensor, policy: RoutingPolicy) -> torch.Tensor:
     return keep
 
 
-def pool_maps(maps: tuple[torch.Tensor, ...], grid: int) -> torch.Tensor:
-    """What a router reads [B, sum of C * grid^2]: each map averaged over a grid x grid layout.
+def pool_maps(maps: tuple[torch.Tensor, ...], grid: int, relu: bool = False) -> torch.Tensor:
+    """What a router reads [B, sum of C * grid^2]: each map (rectified if ``relu``) averaged over a
+    grid x grid layout.
 
     Stem-reading routers all read the same pooled stem, so the model pools it once for every cell.
+    Without the ReLU, the average of a convolution + BN map is an affine function of the region's
+    mean brightness (up to borders): one number per region, whatever the channel count.
     """
-    return torch.cat([F.adaptive_avg_pool2d(m, grid).flatten(1) for m in maps], dim=1)
+    return torch.cat([F.adaptive_avg_pool2d(F.relu(m) if relu else m, grid).flatten(1) for m in maps], dim=1)
 
 
 class Router(nn.Module):
@@ -65,15 +68,17 @@ class Router(nn.Module):
     router sees where things are (a shoe's silhouette is not a shirt's), not only how much.
     """
 
-    def __init__(self, in_channels: int, hidden: int, num_edges: int, num_branches: int, grid: int = 1):
+    def __init__(
+        self, in_channels: int, hidden: int, num_edges: int, num_branches: int, grid: int = 1, relu: bool = False
+    ):
         super().__init__()
-        self.num_edges, self.num_branches, self.grid = num_edges, num_branches, grid
+        self.num_edges, self.num_branches, self.grid, self.relu = num_edges, num_branches, grid, relu
         self.fc1 = nn.Linear(in_channels * grid * grid, hidden)
         self.fc2 = nn.Linear(hidden, num_edges * num_branches)
 
     def forward(self, *maps: torch.Tensor) -> torch.Tensor:
         """Logits from the feature maps it reads (the stem output, or the cell inputs)."""
-        return self.logits(pool_maps(maps, self.grid))
+        return self.logits(pool_maps(maps, self.grid, self.relu))
 
     def logits(self, pooled: torch.Tensor) -> torch.Tensor:
         """Logits [B, E, K] from maps already pooled by ``pool_maps`` with this router's grid."""

@@ -125,3 +125,16 @@ def test_grid_router_sees_where_things_are() -> None:
     assert torch.allclose(flat(left), flat(right))
     gridded = Router(3, 10, 5, 7, grid=2)
     assert not torch.allclose(gridded(left), gridded(right))
+
+
+def test_relu_router_sees_texture_that_averages_out() -> None:
+    """A flat map and a +-1 checkerboard both average to 0: only a router that rectifies first tells them apart."""
+    torch.manual_seed(0)
+    flat = torch.zeros(1, 3, 8, 8)
+    checker = (
+        (torch.arange(8)[:, None] + torch.arange(8)[None, :]).remainder(2).float().mul(2).sub(1).expand(1, 3, 8, 8)
+    )
+    plain = Router(3, 10, 5, 7, grid=2)
+    assert torch.allclose(plain(flat), plain(checker))
+    rectifying = Router(3, 10, 5, 7, grid=2, relu=True)
+    assert not torch.allclose(rectifying(flat), rectifying(checker))
