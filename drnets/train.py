@@ -67,6 +67,9 @@ class TrainConfig:
     # Charge pooling branches pool_price x a 3x3 depthwise conv's FLOPs in the cost term (0 = FLOPs
     # only): they cost no FLOPs but real time, and a router told they are free prefers them.
     pool_price: float = 0.0
+    # > 0 adds ``difficulty_loss``: each image's cost relative to the batch mean is pulled towards
+    # 1 + spread (the batch's hardest image) ... 1 - spread (its easiest).
+    difficulty_spread: float = 0.0
     tau_start: float = 1.0  # Gumbel-Softmax temperature at the first step
     tau_end: float = 0.3  # ... and at the last step
     threshold: float = 0.1  # routing threshold used in training and stored for inference
@@ -78,6 +81,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.cost_scaling not in COST_SCALINGS:
             raise ValueError(f"cost_scaling must be one of {', '.join(COST_SCALINGS)}, got {self.cost_scaling!r}")
+        if not 0 <= self.difficulty_spread < 1:
+            raise ValueError(f"difficulty_spread must lie in [0, 1), got {self.difficulty_spread}")
         if not self.cost_contrast >= 0:
             raise ValueError(f"cost_contrast must be >= 0, got {self.cost_contrast}")
 
@@ -179,19 +184,35 @@ def training_loss(
     core = model.module if hasattr(model, "module") else model
     if isinstance(core, DRNet) and core.config.dynamic and cfg.cost_weight > 0:
         cost = core.cost_table(h, w).expected_flops_fraction(trace.gates, cfg.pool_price).float()  # [B]
-        return ce + cfg.cost_weight * (cost * cost_scale(logits, labels, cfg)).mean(), ce
+        loss = ce + cfg.cost_weight * (cost * cost_scale(logits, labels, cfg)).mean()
+        if cfg.difficulty_spread > 0:
+            loss = loss + difficulty_loss(cost, logits, labels, cfg.difficulty_spread)
+        return loss, ce
     return ce, ce
+
+
+def confidence_rank(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[B] in [0, 1]: each image's rank in the batch by the model's (detached) probability of its label; 1 = most."""
+    p_true = logits.detach().float().softmax(1).gather(1, labels[:, None]).squeeze(1)
+    return p_true.argsort().argsort().float() / max(len(labels) - 1, 1)
+
+
+def difficulty_loss(cost: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, spread: float) -> torch.Tensor:
+    """Pull each image's cost, relative to the batch mean, towards 1 + spread for the hardest image
+    of the batch down to 1 - spread for the easiest (by confidence rank): the router is asked to
+    spend where the model struggles, and must tell such inputs apart to do so."""
+    target = 1 + spread * (1 - 2 * confidence_rank(logits, labels))
+    return ((cost / cost.mean().detach().clamp_min(1e-6) - target) ** 2).mean()
 
 
 def cost_scale(logits: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     """Per-image multiplier [B] (mean 1) on the cost term: how much easy images pay relative to hard ones."""
     if cfg.cost_scaling == "uniform":
         return torch.ones(len(labels), device=logits.device)
-    p_true = logits.detach().float().softmax(1).gather(1, labels[:, None]).squeeze(1)
     if cfg.cost_scaling == "confidence":
+        p_true = logits.detach().float().softmax(1).gather(1, labels[:, None]).squeeze(1)
         return p_true / p_true.mean().clamp_min(1e-6)
-    rank = p_true.argsort().argsort().float() / max(len(labels) - 1, 1)  # 0 = least confident, 1 = most
-    return 1 + cfg.cost_contrast * (2 * rank - 1)
+    return 1 + cfg.cost_contrast * (2 * confidence_rank(logits, labels) - 1)
 
 
 def weights_digest(model: nn.Module) -> str:
