@@ -203,3 +203,20 @@ def test_unknown_cost_scaling_is_refused() -> None:
         TrainConfig(cost_scaling="loss")
     with pytest.raises(ValueError, match="cost_contrast must be >= 0"):
         TrainConfig(cost_contrast=-1)
+
+
+def test_difficulty_loss_pulls_costs_towards_a_spread_by_confidence_rank() -> None:
+    from drnets.train import TrainConfig, difficulty_loss
+
+    labels = torch.zeros(3, dtype=torch.long)
+    logits = torch.tensor([[5.0, 0, 0], [0, 0, 0], [0, 0, 5.0]])  # confident, unsure, wrong: easiest first
+    # Targets relative to the mean cost: 0.7 (easiest), 1.0, 1.3 (hardest) for spread 0.3.
+    on_target = torch.tensor([0.7, 1.0, 1.3]) * 0.25
+    assert difficulty_loss(on_target, logits, labels, 0.3) == pytest.approx(0.0, abs=1e-12)
+    flat = torch.full((3,), 0.25)
+    assert difficulty_loss(flat, logits, labels, 0.3) == pytest.approx((0.3**2 + 0 + 0.3**2) / 3)
+    cost = torch.tensor([0.2, 0.25, 0.3], requires_grad=True)
+    difficulty_loss(cost, logits, labels, 0.3).backward()
+    assert cost.grad[0] > 0 > cost.grad[2]  # the easy image is pushed cheaper, the hard one dearer
+    with pytest.raises(ValueError, match="difficulty_spread"):
+        TrainConfig(difficulty_spread=1.0)
