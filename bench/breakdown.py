@@ -33,7 +33,7 @@ from .common import (
 
 GROUPS = {
     "convolution": ("aten::mkldnn_convolution", "aten::_slow_conv2d_forward", "aten::_nnpack_spatial_convolution"),
-    "pooling": ("aten::max_pool2d_with_indices", "aten::avg_pool2d", "aten::max_pool2d"),
+    "pooling": ("aten::max_pool2d_with_indices", "aten::avg_pool2d", "aten::max_pool2d", "aten::maximum"),
     "batch_norm": ("aten::native_batch_norm", "aten::_native_batch_norm_legit_no_training"),
     "activation": ("aten::clamp_min", "aten::relu", "aten::hardtanh", "aten::clamp"),
     "gather_scatter": GATHER_SCATTER_OPS,

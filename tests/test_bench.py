@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import app_path, latency, masked, sweep, train_throughput
+from bench import app_path, latency, masked, pooling, sweep, train_throughput
 from bench.__main__ import main as bench_main
 from bench.common import MODELS, Settings, load_model
 
@@ -56,6 +56,15 @@ def test_latency_ratios_are_the_ratios_of_its_own_measurements(models) -> None:
         assert row["drnet_vs_mobilenetv2"] == pytest.approx(ms["mobilenetv2"] / ms["drnet"])
         assert flops["drnet"] <= flops["dense"] * 1.01  # the router adds < 1%; skipping only removes
     assert 0 < result["ours_vs_mobilenetv2"]["flops_pct_of_mobilenetv2"] < 100
+
+
+def test_pooling_compares_both_kernels_on_every_node_shape() -> None:
+    """It checks the two give identical values (it raises otherwise) and reports one ratio per shape."""
+    result = pooling.run(TINY, batches=(2,))
+    assert [r["shape"] for r in result["rows"]] == [f"{c}x{s}x{s}" for c, s in pooling.pool_shapes()]
+    for row in result["rows"]:
+        assert positive(row["aten_us"]) and positive(row["separable_us"])
+        assert row["speedup"] == pytest.approx(row["aten_us"] / row["separable_us"])
 
 
 def test_masked_reports_the_gather_scatter_share(models) -> None:
