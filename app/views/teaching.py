@@ -126,6 +126,8 @@ def router_step(a: Analysis, models: ModelSet, threshold: float) -> None:
     looks_at = (
         "the image's features after the first convolution" if config.router_input == "stem" else "the cell's inputs"
     )
+    if config.router_relu:
+        looks_at += " with their negative values set to zero"
     regions = "the image" if config.router_grid == 1 else f"each of {config.router_grid**2} regions of the image"
     st.markdown(
         f"Before a cell runs, its **router** looks at {looks_at} (averaged over {regions}, then two small layers) "
