@@ -70,6 +70,7 @@ class TrainConfig:
     # > 0 adds ``difficulty_loss``: each image's cost relative to the batch mean is pulled towards
     # 1 + spread (the batch's hardest image) ... 1 - spread (its easiest).
     difficulty_spread: float = 0.0
+    difficulty_by: str = "image"  # rank images by their own confidence, or by their class's mean ("class")
     tau_start: float = 1.0  # Gumbel-Softmax temperature at the first step
     tau_end: float = 0.3  # ... and at the last step
     threshold: float = 0.1  # routing threshold used in training and stored for inference
@@ -81,6 +82,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.cost_scaling not in COST_SCALINGS:
             raise ValueError(f"cost_scaling must be one of {', '.join(COST_SCALINGS)}, got {self.cost_scaling!r}")
+        if self.difficulty_by not in ("image", "class"):
+            raise ValueError(f"difficulty_by must be 'image' or 'class', got {self.difficulty_by!r}")
         if not 0 <= self.difficulty_spread < 1:
             raise ValueError(f"difficulty_spread must lie in [0, 1), got {self.difficulty_spread}")
         if not self.cost_contrast >= 0:
@@ -186,7 +189,7 @@ def training_loss(
         cost = core.cost_table(h, w).expected_flops_fraction(trace.gates, cfg.pool_price).float()  # [B]
         loss = ce + cfg.cost_weight * (cost * cost_scale(logits, labels, cfg)).mean()
         if cfg.difficulty_spread > 0:
-            loss = loss + difficulty_loss(cost, logits, labels, cfg.difficulty_spread)
+            loss = loss + difficulty_loss(cost, logits, labels, cfg.difficulty_spread, cfg.difficulty_by)
         return loss, ce
     return ce, ce
 
@@ -197,11 +200,24 @@ def confidence_rank(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return p_true.argsort().argsort().float() / max(len(labels) - 1, 1)
 
 
-def difficulty_loss(cost: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, spread: float) -> torch.Tensor:
+def class_confidence_rank(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[B] in [0, 1]: the rank of each image's class among the batch's classes by the model's mean
+    (detached) probability of the label; every image of a class gets its class's rank, 1 = easiest."""
+    p_true = logits.detach().float().softmax(1).gather(1, labels[:, None]).squeeze(1)
+    classes, index = labels.unique(return_inverse=True)
+    class_mean = torch.zeros(len(classes), device=p_true.device).index_add_(0, index, p_true)
+    class_mean = class_mean / torch.bincount(index, minlength=len(classes)).float()
+    return (class_mean.argsort().argsort().float() / max(len(classes) - 1, 1))[index]
+
+
+def difficulty_loss(
+    cost: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, spread: float, by: str = "image"
+) -> torch.Tensor:
     """Pull each image's cost, relative to the batch mean, towards 1 + spread for the hardest image
-    of the batch down to 1 - spread for the easiest (by confidence rank): the router is asked to
-    spend where the model struggles, and must tell such inputs apart to do so."""
-    target = 1 + spread * (1 - 2 * confidence_rank(logits, labels))
+    (or class, ``by="class"``) of the batch down to 1 - spread for the easiest: the router is asked
+    to spend where the model struggles, and must tell such inputs apart to do so."""
+    rank = class_confidence_rank(logits, labels) if by == "class" else confidence_rank(logits, labels)
+    target = 1 + spread * (1 - 2 * rank)
     return ((cost / cost.mean().detach().clamp_min(1e-6) - target) ** 2).mean()
 
 
