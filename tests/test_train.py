@@ -220,3 +220,17 @@ def test_difficulty_loss_pulls_costs_towards_a_spread_by_confidence_rank() -> No
     assert cost.grad[0] > 0 > cost.grad[2]  # the easy image is pushed cheaper, the hard one dearer
     with pytest.raises(ValueError, match="difficulty_spread"):
         TrainConfig(difficulty_spread=1.0)
+    with pytest.raises(ValueError, match="difficulty_by"):
+        TrainConfig(difficulty_by="pixel")
+
+
+def test_class_difficulty_ranks_every_image_by_its_classs_mean_confidence() -> None:
+    from drnets.train import class_confidence_rank, difficulty_loss
+
+    # Class 0: one confident and one unsure image (mean ~0.66); class 1 confident; class 2 wrong.
+    logits = torch.tensor([[5.0, 0, 0], [0, 0, 0], [0, 5.0, 0], [0, 5.0, 0]])
+    labels = torch.tensor([0, 0, 1, 2])
+    assert class_confidence_rank(logits, labels).tolist() == [0.5, 0.5, 1.0, 0.0]
+    # Targets 1, 1, 0.5, 1.5 (spread 0.5): costs on target give zero loss.
+    on_target = torch.tensor([1.0, 1.0, 0.5, 1.5]) * 0.2
+    assert difficulty_loss(on_target, logits, labels, 0.5, by="class") == pytest.approx(0.0, abs=1e-12)
