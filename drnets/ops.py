@@ -113,6 +113,9 @@ class SepConv(Branch):
         super().__init__(nn.Sequential(*first, *second))
 
 
+SEPARABLE_MIN_PIXELS = 784  # batch x height x width from which the separable max pool wins (one 28x28 map)
+
+
 class Pool(Branch):
     """3x3 max or average pool; costs zero FLOPs under our convention."""
 
@@ -122,9 +125,14 @@ class Pool(Branch):
         self.separable = kind == "max" and stride == 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Without autograd (inference), a stride-1 max pool runs as two 1-D passes: same values,
-        # 1.4-3x faster than ATen's kernel on this model's 12-48-channel maps (docs/BENCHMARKS.md).
-        if self.separable and not torch.is_grad_enabled():
+        # Without autograd (inference), a stride-1 max pool over enough pixels runs as two 1-D
+        # passes: same values, 1.3-3.3x faster than ATen's kernel on this model's maps, slower on
+        # small ones (`python -m bench.pooling`, docs/BENCHMARKS.md).
+        if (
+            self.separable
+            and not torch.is_grad_enabled()
+            and x.shape[0] * x.shape[-2] * x.shape[-1] >= SEPARABLE_MIN_PIXELS
+        ):
             return max_pool_3x3_separable(x)
         return self.op(x)
 

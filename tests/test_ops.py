@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from drnets.cost import measure_flops
-from drnets.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN, create_branch
+from drnets.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN, create_branch, max_pool_3x3_separable
 
 C = 4  # channels of the test branches
 
@@ -70,7 +70,7 @@ def test_unknown_branch_name_is_refused_with_the_known_list() -> None:
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("shape", [(1, 12, 28, 28), (3, 5, 7, 9), (2, 48, 1, 1), (4, 24, 14, 2)])
+@pytest.mark.parametrize("shape", [(1, 12, 28, 28), (3, 5, 7, 9), (2, 48, 1, 1), (4, 24, 14, 2), (64, 8, 7, 7)])
 def test_separable_max_pool_equals_aten_max_pool(shape: tuple[int, ...], channels_last: bool) -> None:
     """The inference fast path of a stride-1 max pool gives exactly what nn.MaxPool2d gives, in the same layout."""
     x = torch.randn(shape)
@@ -80,6 +80,7 @@ def test_separable_max_pool_equals_aten_max_pool(shape: tuple[int, ...], channel
     with torch.no_grad():
         fast = pool(x)
     assert torch.equal(fast, torch.nn.functional.max_pool2d(x, 3, 1, 1))
+    assert torch.equal(max_pool_3x3_separable(x), fast)
     if channels_last:
         assert fast.is_contiguous(memory_format=torch.channels_last)
     x.requires_grad_(True)
