@@ -25,9 +25,9 @@ RUNS=runs-gpu
 MODELS=(drnet dense mobilenetv2)
 # The shipped architectures and recipe (docs/MODELS.md; lambda and the difficulty spread act on the
 # DRNet only); a GPU affords batch 256 and more epochs.
-declare -A CONFIG=([drnet]='{"channels":12,"num_nodes":2,"router_input":"stem","router_grid":2}'
+declare -A CONFIG=([drnet]='{"channels":12,"num_nodes":2,"router_input":"stem","router_grid":2,"router_relu":true}'
                    [dense]='{"channels":12,"num_nodes":2}' [mobilenetv2]='{}')
-RECIPE=(--batch-size 256 --lr 3e-3 --cost-weight 0.05 --difficulty-spread 0.6 --tau-start 1.0 --tau-end 0.3 --threshold 0.1 --seed 0)
+RECIPE=(--batch-size 256 --lr 3e-3 --cost-weight 0.05 --difficulty-spread 0.8 --tau-start 1.0 --tau-end 0.3 --threshold 0.1 --seed 0)
 mkdir -p "$OUT" "$RUNS"
 exec > >(tee -a "$OUT/log.txt") 2>&1
 export OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1
