@@ -51,7 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
     from .data import DATASETS
-    from .train import COST_SCALINGS, TrainConfig
+    from .train import COST_SCALINGS, DIFFICULTY_RANKINGS, TrainConfig
 
     p = sub.add_parser("train", help="train a model and write a checkpoint folder")
     d = TrainConfig()
@@ -77,7 +77,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                    help="with --cost-scaling rank: the easiest image pays 1 + C times the mean, the hardest 1 - C")  # fmt: skip
     g.add_argument("--difficulty-spread", type=float, default=d.difficulty_spread,
                    help="ask the router to spend 1 + S times the batch's mean cost on its hardest image, 1 - S on its easiest")  # fmt: skip
-    g.add_argument("--difficulty-by", choices=("image", "class"), default=d.difficulty_by,
+    g.add_argument("--difficulty-by", choices=DIFFICULTY_RANKINGS, default=d.difficulty_by,
                    help="hard = the image's own low confidence, or its class's low mean confidence in the batch")  # fmt: skip
     g.add_argument("--pool-price", type=float, default=d.pool_price,
                    help="charge pooling branches this many 3x3 depthwise convs' FLOPs in the cost loss (default 0)")  # fmt: skip

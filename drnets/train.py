@@ -44,6 +44,7 @@ STATE_KEYS = {"model", "optimizer", "scheduler", "epoch", "history"}
 # Recipe fields that may change between an interrupted run and its --resume.
 RESUMABLE_CHANGES = ("out", "log_every", "data_root")
 COST_SCALINGS = ("uniform", "confidence", "rank")
+DIFFICULTY_RANKINGS = ("image", "class")  # what difficulty_loss ranks: each image, or each image's class
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.cost_scaling not in COST_SCALINGS:
             raise ValueError(f"cost_scaling must be one of {', '.join(COST_SCALINGS)}, got {self.cost_scaling!r}")
-        if self.difficulty_by not in ("image", "class"):
+        if self.difficulty_by not in DIFFICULTY_RANKINGS:
             raise ValueError(f"difficulty_by must be 'image' or 'class', got {self.difficulty_by!r}")
         if not 0 <= self.difficulty_spread < 1:
             raise ValueError(f"difficulty_spread must lie in [0, 1), got {self.difficulty_spread}")
@@ -194,16 +195,20 @@ def training_loss(
     return ce, ce
 
 
+def label_probability(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[B]: the model's (detached) probability of each image's label, its confidence."""
+    return logits.detach().float().softmax(1).gather(1, labels[:, None]).squeeze(1)
+
+
 def confidence_rank(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """[B] in [0, 1]: each image's rank in the batch by the model's (detached) probability of its label; 1 = most."""
-    p_true = logits.detach().float().softmax(1).gather(1, labels[:, None]).squeeze(1)
-    return p_true.argsort().argsort().float() / max(len(labels) - 1, 1)
+    """[B] in [0, 1]: each image's rank in the batch by ``label_probability``; 1 = most confident."""
+    return label_probability(logits, labels).argsort().argsort().float() / max(len(labels) - 1, 1)
 
 
 def class_confidence_rank(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """[B] in [0, 1]: the rank of each image's class among the batch's classes by the model's mean
     (detached) probability of the label; every image of a class gets its class's rank, 1 = easiest."""
-    p_true = logits.detach().float().softmax(1).gather(1, labels[:, None]).squeeze(1)
+    p_true = label_probability(logits, labels)
     classes, index = labels.unique(return_inverse=True)
     class_mean = torch.zeros(len(classes), device=p_true.device).index_add_(0, index, p_true)
     class_mean = class_mean / torch.bincount(index, minlength=len(classes)).float()
@@ -226,7 +231,7 @@ def cost_scale(logits: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig) -> 
     if cfg.cost_scaling == "uniform":
         return torch.ones(len(labels), device=logits.device)
     if cfg.cost_scaling == "confidence":
-        p_true = logits.detach().float().softmax(1).gather(1, labels[:, None]).squeeze(1)
+        p_true = label_probability(logits, labels)
         return p_true / p_true.mean().clamp_min(1e-6)
     return 1 + cfg.cost_contrast * (2 * confidence_rank(logits, labels) - 1)
 
