@@ -28,7 +28,7 @@ from torch import nn
 from drnets.attribution import Attribution, attribute
 from drnets.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from drnets.data import normalization, to_input
-from drnets.device import describe, pick_device
+from drnets.device import describe, keep_freed_memory, pick_device
 from drnets.model import DRNet
 from drnets.router import RoutingPolicy
 from drnets.trace import RoutingTrace
@@ -114,6 +114,7 @@ def load_models(directory: str, device: str = "") -> ModelSet:
     """Load drnet, mobilenetv2 and dense from ``directory``; DRNet sets the input format the others must share."""
     folder = Path(directory).expanduser()
     target = pick_device(device or None)
+    keep_freed_memory()
     loaded: dict[str, Checkpoint] = {}
     problems: dict[str, str] = {}
     if not folder.is_dir():

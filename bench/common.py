@@ -28,7 +28,7 @@ from torch import nn
 
 from drnets.checkpoint import CheckpointError, load_checkpoint
 from drnets.data import FASHION_MNIST_CLASSES, DataError, ImageSet, load_dataset, normalization, to_input
-from drnets.device import describe, pick_device
+from drnets.device import describe, has_glibc, keep_freed_memory, pick_device
 from drnets.model import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +68,7 @@ class Settings:
     warmup: int = 2  # untimed calls of every candidate before the rounds
     repeats: int = 7  # timed rounds; the median is reported
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    keep_freed_memory: bool = True  # glibc reuses freed tensor memory (drnets.device.keep_freed_memory)
 
     @property
     def torch_device(self) -> torch.device:
@@ -100,6 +101,8 @@ def add_settings_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls per candidate")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
+                        help="let glibc reuse freed memory instead of page-faulting new maps in (default: on)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 
 
@@ -119,14 +122,18 @@ def settings_from_args(args: argparse.Namespace, quick: bool = False) -> Setting
         warmup=defaults.warmup if args.warmup is None else args.warmup,
         repeats=defaults.repeats if args.repeats is None else args.repeats,
         threads=args.threads,
+        keep_freed_memory=args.keep_freed_memory,
     )
-    apply_threads(settings)
+    apply_process_settings(settings)
     return settings
 
 
-def apply_threads(settings: Settings) -> None:
+def apply_process_settings(settings: Settings) -> None:
+    """Threads and allocator: they hold for the whole process, so every candidate runs under the same ones."""
     if settings.threads:
         torch.set_num_threads(settings.threads)
+    if settings.keep_freed_memory:
+        keep_freed_memory()
 
 
 # ---- the machine ----
@@ -153,6 +160,7 @@ def machine(settings: Settings) -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": describe(settings.torch_device),
+        "allocator": "glibc, freed memory kept" if settings.keep_freed_memory and has_glibc() else "default",
         "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "load_average_1m": load,
         "loaded": bool(load is not None and load > 0.5 * cores),
@@ -313,7 +321,7 @@ def print_header(title: str, info: dict[str, Any], notes: list[str]) -> None:
     s = info["settings"]
     print(
         f"settings: layout {'channels_last' if s['channels_last'] else 'NCHW'}, amp {s['amp']}, compile {s['compile']}, "
-        f"warm-up {s['warmup']}, repeats {s['repeats']} (median)"
+        f"warm-up {s['warmup']}, repeats {s['repeats']} (median), allocator {info['allocator']}"
     )
     for note in notes:
         print(f"NOTE: {note}")

@@ -42,9 +42,10 @@ class Attribution:
 
 
 def gradcam_layer(model: nn.Module) -> nn.Module:
-    """A layer every image passes through: the last cell's preprocessing, or MobileNetV2's last block."""
+    """A layer every image passes through: the BN that ends the last cell's preprocessing (whose ReLU
+    the model applies ahead of it, see ``DRNet.forward_features``), or MobileNetV2's last block."""
     if isinstance(model, DRNet):
-        return model.cells[-1].preprocess1
+        return model.cells[-1].preprocess1.op[-1]
     if isinstance(model, MobileNetV2):
         return model.features[-2]
     raise TypeError(f"no Grad-CAM layer known for {type(model).__name__}")

@@ -98,14 +98,20 @@ class Cell(nn.Module):
         forced_ran: torch.Tensor | None = None,
         execution: Execution = "sparse",
         context: torch.Tensor | None = None,
+        inputs_rectified: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns (cell output [B, N*c, H', W'], gate weights [B, E, K], ran mask [B, E, K]).
 
         ``forced_ran`` ([B or 1, E, K] bool) replaces the router's selection, e.g. to keep
         the route of a real image fixed while attribution methods perturb it. ``context``
         is what a stem-reading router reads: the stem output already through ``pool_maps``.
+        ``inputs_rectified``: s0 and s1 already went through the ReLU that begins the
+        preprocessing, so it is not applied again.
         """
-        s0, s1 = self.preprocess0(s0), self.preprocess1(s1)
+        if inputs_rectified:
+            s0, s1 = self.preprocess0.from_rectified(s0), self.preprocess1.from_rectified(s1)
+        else:
+            s0, s1 = self.preprocess0(s0), self.preprocess1(s1)
         logits = self.router.logits(context) if context is not None else self.router(s0, s1)
         weights, ran = self.route(logits, policy, temperature)
         if forced_ran is not None:

@@ -11,6 +11,7 @@ import sys
 from dataclasses import fields
 
 from . import evaluate, predict, samples
+from .device import keep_freed_memory
 from .model import create_model, list_models
 
 INPUT_SHAPES = ((1, 28, 28), (3, 32, 32))  # Fashion-MNIST, CIFAR
@@ -114,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:

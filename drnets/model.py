@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .cell import Cell, Execution
@@ -112,14 +113,21 @@ class DRNet(nn.Module):
         _check_input(x, self.config.in_channels, self.min_input_size)
         if forced_route is not None:
             self._check_route(forced_route, x.shape[0])
-        s0 = s1 = self.stem(x)
-        stem_routed = self.config.router_input == "stem"
-        context = pool_maps((s0,), self.config.router_grid, self.config.router_relu) if stem_routed else None
+        # Every reader of a cell's input (the preprocessing of the next two cells) begins with a
+        # ReLU, so each state is rectified once here rather than once per reader; only the last
+        # cell's output, read by the classifier, stays as it is.
+        stem = self.stem(x)
+        s0 = s1 = F.relu(stem)
+        context = None
+        if self.config.router_input == "stem":
+            context = pool_maps((s1 if self.config.router_relu else stem,), self.config.router_grid)
         gates, ran = [], []
         for i, cell in enumerate(self.cells):
             forced = forced_route[:, i] if forced_route is not None else None
-            out, w, r = cell(s0, s1, self.policy, self.temperature, forced, self.execution, context)
-            s0, s1 = s1, out
+            out, w, r = cell(
+                s0, s1, self.policy, self.temperature, forced, self.execution, context, inputs_rectified=True
+            )
+            s0, s1 = s1, (F.relu(out) if i < len(self.cells) - 1 else out)
             gates.append(w)
             ran.append(r)
         return s1, torch.stack(gates, dim=1), torch.stack(ran, dim=1)

@@ -87,6 +87,10 @@ class ReLUConvBN(Branch):
             )
         )
 
+    def from_rectified(self, x: torch.Tensor) -> torch.Tensor:
+        """The output for an input that already went through the ReLU (see ``DRNet.forward_features``)."""
+        return self.op[2](self.op[1](x))
+
 
 class DilConv(Branch):
     """ReLU -> depthwise dilated conv -> pointwise conv -> BN (DARTS ``dil_conv``)."""
@@ -114,6 +118,7 @@ class SepConv(Branch):
 
 
 SEPARABLE_MIN_PIXELS = 784  # batch x height x width from which the separable max pool wins (one 28x28 map)
+DEPTHWISE_MIN_PIXELS = 12544  # batch x output pixels from which avg pool as a depthwise conv wins (16 28x28 maps)
 
 
 class Pool(Branch):
@@ -122,18 +127,20 @@ class Pool(Branch):
     def __init__(self, kind: str, stride: int):
         pool = nn.MaxPool2d(3, stride, 1) if kind == "max" else nn.AvgPool2d(3, stride, 1, count_include_pad=False)
         super().__init__(nn.Sequential(pool))
-        self.separable = kind == "max" and stride == 1
+        self.kind, self.stride = kind, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Without autograd (inference), a stride-1 max pool over enough pixels runs as two 1-D
-        # passes: same values, 1.3-3.3x faster than ATen's kernel on this model's maps, slower on
-        # small ones (`python -m bench.pooling`, docs/BENCHMARKS.md).
-        if (
-            self.separable
-            and not torch.is_grad_enabled()
-            and x.shape[0] * x.shape[-2] * x.shape[-1] >= SEPARABLE_MIN_PIXELS
-        ):
-            return max_pool_3x3_separable(x)
+        # Without autograd (inference), large maps take faster routes to the same values: a
+        # stride-1 max pool as two 1-D passes, an average pool as a depthwise convolution. ATen's
+        # channels_last pooling kernels cost about the same per pixel whatever the channel count,
+        # so they lose on this model's 12-48-channel maps and win on small batches
+        # (`python -m bench.pooling`, docs/BENCHMARKS.md).
+        if not torch.is_grad_enabled():
+            pixels = x.shape[0] * x.shape[-2] * x.shape[-1]
+            if self.kind == "max" and self.stride == 1 and pixels >= SEPARABLE_MIN_PIXELS:
+                return max_pool_3x3_separable(x)
+            if self.kind == "avg" and pixels >= DEPTHWISE_MIN_PIXELS * self.stride**2:
+                return avg_pool_3x3_depthwise(x, self.stride)
         return self.op(x)
 
 
@@ -144,6 +151,15 @@ def max_pool_3x3_separable(x: torch.Tensor) -> torch.Tensor:
     torch.maximum(rows, padded[..., :, 2:], out=rows)
     out = torch.maximum(rows[..., :-2, :], rows[..., 1:-1, :])
     return torch.maximum(out, rows[..., 2:, :], out=out)
+
+
+def avg_pool_3x3_depthwise(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """``avg_pool2d(x, 3, stride, padding=1, count_include_pad=False)`` as window sums by a depthwise
+    convolution of ones, divided by how many real pixels each window holds (equal up to rounding)."""
+    channels = x.shape[1]
+    sums = nn.functional.conv2d(x, x.new_ones(channels, 1, 3, 3), None, stride, 1, 1, channels)
+    counts = nn.functional.avg_pool2d(x.new_ones(1, 1, *x.shape[-2:]), 3, stride, 1, divisor_override=1)
+    return sums.div_(counts)
 
 
 class Identity(Branch):
@@ -161,7 +177,10 @@ class FactorizedReduce(Branch):
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.op(x)
+        return self.from_rectified(self.op(x))
+
+    def from_rectified(self, x: torch.Tensor) -> torch.Tensor:
+        """The output for an input that already went through the ReLU (see ``DRNet.forward_features``)."""
         # The second path is shifted by one pixel; an odd size needs one zero row/column so
         # both paths end at the same size. Even sizes already do, and skip the padding copy
         # (3-4% of a batch-64 DRNet forward on CPU, docs/BENCHMARKS.md "Profiling").

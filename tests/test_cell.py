@@ -154,3 +154,19 @@ def test_bypassed_edges_contribute_nothing() -> None:
 def test_cell_edges_enumerate_every_earlier_state() -> None:
     assert cell_edges(2) == [(0, 2), (1, 2), (0, 3), (1, 3), (2, 3)]
     assert len(cell_edges(4)) == 14  # DARTS: 2 + 3 + 4 + 5
+
+
+@pytest.mark.parametrize("reduction_prev", [False, True])
+def test_rectified_inputs_give_the_same_cell_output(reduction_prev: bool) -> None:
+    """The model rectifies each state once for all its readers; the cell then skips its preprocessing ReLU."""
+    torch.manual_seed(0)
+    cell = Cell(8, 6, 4, reduction=False, reduction_prev=reduction_prev, num_nodes=2, branches=PRIMITIVES,
+                router_hidden=8).eval()  # fmt: skip
+    side = 10
+    s0 = torch.randn(3, 8, *((2 * side, 2 * side) if reduction_prev else (side, side)))
+    s1 = torch.randn(3, 6, side, side)
+    with torch.no_grad():
+        raw, gates, ran = cell(s0, s1, RoutingPolicy(0.1))
+        rectified, gates_r, ran_r = cell(s0.relu(), s1.relu(), RoutingPolicy(0.1), inputs_rectified=True)
+    assert torch.equal(ran, ran_r) and torch.allclose(gates, gates_r)
+    assert torch.allclose(raw, rectified, atol=1e-6)

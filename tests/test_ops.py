@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from drnets.cost import measure_flops
-from drnets.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN, create_branch, max_pool_3x3_separable
+from drnets.ops import (
+    PRIMITIVES,
+    FactorizedReduce,
+    ReLUConvBN,
+    avg_pool_3x3_depthwise,
+    create_branch,
+    max_pool_3x3_separable,
+)
 
 C = 4  # channels of the test branches
 
@@ -86,3 +93,21 @@ def test_separable_max_pool_equals_aten_max_pool(shape: tuple[int, ...], channel
     x.requires_grad_(True)
     pool(x).sum().backward()  # with autograd: ATen's kernel, one gradient of 1 per output
     assert x.grad.sum() == x.numel()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("shape", [(1, 12, 28, 28), (3, 5, 7, 9), (2, 48, 1, 1), (4, 24, 14, 2), (64, 12, 28, 28)])
+def test_depthwise_avg_pool_equals_aten_avg_pool(shape: tuple[int, ...], stride: int, channels_last: bool) -> None:
+    """Average pool as window sums / real-pixel counts matches nn.AvgPool2d(count_include_pad=False), borders too."""
+    x = torch.randn(shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    expected = torch.nn.functional.avg_pool2d(x, 3, stride, 1, count_include_pad=False)
+    assert torch.allclose(avg_pool_3x3_depthwise(x, stride), expected, atol=1e-6)
+    pool = create_branch("avg_pool_3x3", shape[1], stride=stride)
+    with torch.no_grad():  # the branch takes the depthwise route from DEPTHWISE_MIN_PIXELS output pixels
+        fast = pool(x)
+    assert torch.allclose(fast, expected, atol=1e-6)
+    if channels_last and shape[1] > 1:
+        assert fast.is_contiguous(memory_format=torch.channels_last)

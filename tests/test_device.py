@@ -1,0 +1,32 @@
+"""Process settings for running models: the allocator keeps freed tensor memory for reuse."""
+
+from __future__ import annotations
+
+import resource
+
+import pytest
+import torch
+
+from drnets.device import has_glibc, keep_freed_memory
+from drnets.model import create_model
+
+
+def test_keep_freed_memory_applies_exactly_where_glibc_is() -> None:
+    assert keep_freed_memory() is has_glibc()
+
+
+def test_a_batched_forward_stops_page_faulting_once_warm() -> None:
+    """Why it matters: with glibc's defaults a batch-64 DRNet forward page-faults ~5,000 times, every time."""
+    if not keep_freed_memory():
+        pytest.skip("the allocator setting is glibc-only")
+    torch.manual_seed(0)
+    model = create_model("drnet", channels=12, num_nodes=2).eval()
+    x = torch.randn(64, 1, 28, 28)
+    with torch.no_grad():
+        for _ in range(4):  # glibc settles on the heap's layout within a few calls
+            model(x)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(3):
+            model(x)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    assert faults < 1500, f"{faults} page faults in three warm forwards (about 15,000 without the setting)"
