@@ -1,8 +1,10 @@
-"""Stride-1 3x3 max pool: ATen's kernel vs the separable form ``drnets.ops`` uses at inference.
+"""3x3 pooling branches: ATen's kernels vs the forms ``drnets.ops`` uses at inference.
 
-Times both on the map shapes of the shipped DRNet's stride-1 pooling branches (C, 2C, 4C
-channels at full, half and quarter resolution), round-robin in one process, and checks
-they give identical values.
+Stride-1 max pool vs its separable form (a row max then a column max), and average pool
+(stride 1 and 2, ``count_include_pad=False``) vs a depthwise convolution of ones divided by
+the window counts. Times each pair on the shipped DRNet's node-map shapes (C, 2C, 4C channels
+at full, half and quarter resolution), round-robin in one process, and checks that the two
+agree (max: identical; average: equal up to float rounding).
 
     python -m bench.pooling --batches 1,64
 """
@@ -11,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from drnets.ops import max_pool_3x3_separable
+from drnets.ops import avg_pool_3x3_depthwise, max_pool_3x3_separable
 
 from .common import (
     Settings,
@@ -31,42 +34,64 @@ from .common import (
 )
 
 
-def pool_shapes(size: int = 28) -> list[tuple[int, int]]:
-    """(channels, side) of the DRNet's node maps, cell by cell (shipped model, else its fallback config)."""
+def pool_shapes(size: int = 28) -> list[tuple[int, int, int]]:
+    """(channels, side, stride) of the maps the DRNet's pooling branches read, cell by cell: node maps
+    at stride 1, and a reduction cell's inputs at stride 2 (shipped model, else its fallback config)."""
     model = load_model("drnet").model
     shapes, side = [], size
     for cell in model.cells:
         if cell.reduction:
+            shapes.append((cell.channels, side, 2))
             side = (side + 1) // 2
-        if (cell.channels, side) not in shapes:
-            shapes.append((cell.channels, side))
-    return shapes
+        shapes.append((cell.channels, side, 1))
+    return list(dict.fromkeys(shapes))
+
+
+# (pool, stride, ATen's kernel, the inference form, whether the two must agree bit for bit)
+POOLS: tuple[tuple[str, int, Callable[..., torch.Tensor], Callable[..., torch.Tensor], bool], ...] = (
+    ("max", 1, lambda x: F.max_pool2d(x, 3, 1, 1), max_pool_3x3_separable, True),
+    (
+        "avg",
+        1,
+        lambda x: F.avg_pool2d(x, 3, 1, 1, count_include_pad=False),
+        lambda x: avg_pool_3x3_depthwise(x, 1),
+        False,
+    ),
+    (
+        "avg",
+        2,
+        lambda x: F.avg_pool2d(x, 3, 2, 1, count_include_pad=False),
+        lambda x: avg_pool_3x3_depthwise(x, 2),
+        False,
+    ),
+)
 
 
 def run(settings: Settings, batches: tuple[int, ...] = (1, 64)) -> dict[str, Any]:
     rows = []
     for batch in batches:
-        for channels, side in pool_shapes():
+        for channels, side, map_stride in pool_shapes():
             x = torch.randn(batch, channels, side, side, device=settings.torch_device)
             if settings.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode():
-                if not torch.equal(F.max_pool2d(x, 3, 1, 1), max_pool_3x3_separable(x)):
-                    raise AssertionError(f"separable max pool differs from ATen's on {tuple(x.shape)}")
-                times = compare(
-                    {"aten": lambda x=x: F.max_pool2d(x, 3, 1, 1), "separable": lambda x=x: max_pool_3x3_separable(x)},
-                    settings,
+            for pool, stride, aten, fast, exact in (p for p in POOLS if p[1] == map_stride):
+                with torch.inference_mode():
+                    expected, got = aten(x), fast(x)
+                    same = torch.equal(expected, got) if exact else torch.allclose(expected, got, atol=1e-5)
+                    if not same:
+                        raise AssertionError(f"{pool} pool (stride {stride}) differs from ATen's on {tuple(x.shape)}")
+                    times = compare({"aten": lambda a=aten, x=x: a(x), "fast": lambda f=fast, x=x: f(x)}, settings)
+                rows.append(
+                    {
+                        "batch": batch,
+                        "pool": f"{pool} s{stride}",
+                        "shape": f"{channels}x{side}x{side}",
+                        "aten_us": times["aten"] * 1e6,
+                        "fast_us": times["fast"] * 1e6,
+                        "speedup": ratio(times["aten"], times["fast"]),
+                    }
                 )
-            rows.append(
-                {
-                    "batch": batch,
-                    "shape": f"{channels}x{side}x{side}",
-                    "aten_us": times["aten"] * 1e6,
-                    "separable_us": times["separable"] * 1e6,
-                    "speedup": ratio(times["aten"], times["separable"]),
-                }
-            )
-    return {"rows": rows}
+    return {"rows": rows, "forms": {"max s1": "separable", "avg s1": "depthwise conv", "avg s2": "depthwise conv"}}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -80,8 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         print(json.dumps({"machine": info, **result}, indent=2))
         return
-    print_header("stride-1 max pool: ATen vs separable", info, [])
-    print(format_table(result["rows"], ["batch", "shape", "aten_us", "separable_us", "speedup"]))
+    print_header("3x3 pools: ATen vs the inference forms (max s1: separable; avg: depthwise conv)", info, [])
+    print(format_table(result["rows"], ["batch", "pool", "shape", "aten_us", "fast_us", "speedup"]))
 
 
 if __name__ == "__main__":

@@ -118,7 +118,11 @@ class SepConv(Branch):
 
 
 SEPARABLE_MIN_PIXELS = 784  # batch x height x width from which the separable max pool wins (one 28x28 map)
-DEPTHWISE_MIN_PIXELS = 12544  # batch x output pixels from which avg pool as a depthwise conv wins (16 28x28 maps)
+# Average pool as a depthwise conv wins from this many output pixels (batch x height x width: 16
+# 28x28 maps), on maps of at most DEPTHWISE_MAX_CHANNELS channels: ATen's channels_last kernel
+# vectorises over channels, so it only wastes most of its lanes on narrow maps.
+DEPTHWISE_MIN_PIXELS = 12544
+DEPTHWISE_MAX_CHANNELS = 16
 
 
 class Pool(Branch):
@@ -130,16 +134,19 @@ class Pool(Branch):
         self.kind, self.stride = kind, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Without autograd (inference), large maps take faster routes to the same values: a
-        # stride-1 max pool as two 1-D passes, an average pool as a depthwise convolution. ATen's
-        # channels_last pooling kernels cost about the same per pixel whatever the channel count,
-        # so they lose on this model's 12-48-channel maps and win on small batches
-        # (`python -m bench.pooling`, docs/BENCHMARKS.md).
-        if not torch.is_grad_enabled():
+        # At inference on a CPU, large maps take faster routes to the same values: a stride-1 max
+        # pool as two 1-D passes, a narrow average pool as a depthwise convolution. ATen's kernels
+        # win on small batches (`python -m bench.pooling`, docs/BENCHMARKS.md); on a GPU they are
+        # one launch against several, and are kept.
+        if not torch.is_grad_enabled() and x.device.type == "cpu":
             pixels = x.shape[0] * x.shape[-2] * x.shape[-1]
             if self.kind == "max" and self.stride == 1 and pixels >= SEPARABLE_MIN_PIXELS:
                 return max_pool_3x3_separable(x)
-            if self.kind == "avg" and pixels >= DEPTHWISE_MIN_PIXELS * self.stride**2:
+            if (
+                self.kind == "avg"
+                and x.shape[1] <= DEPTHWISE_MAX_CHANNELS
+                and pixels >= DEPTHWISE_MIN_PIXELS * self.stride**2
+            ):
                 return avg_pool_3x3_depthwise(x, self.stride)
         return self.op(x)
 
