@@ -289,6 +289,18 @@ def compare(candidates: dict[str, Callable[[], Any]], settings: Settings) -> dic
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def page_faults(fn: Callable[[], Any]) -> int | None:
+    """Minor page faults the process takes during one call of ``fn``: memory the allocator had handed back
+    to the kernel and has to fault in again (None where ``getrusage`` does not exist)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    fn()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
 def ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator else None
 

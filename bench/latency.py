@@ -29,6 +29,7 @@ from .common import (
     load_model,
     machine,
     prepare,
+    page_faults,
     print_header,
     random_init_note,
     ratio,
@@ -61,7 +62,8 @@ def run(
             traces = {name: [ready[name](x)[1] for x in inputs[name]] for name in models}
             calls = {name: _caller(ready[name], inputs[name]) for name in models}
             seconds = compare(calls, settings)
-        rows.append(_row(batch, n_images, seconds, traces))
+            faults = {name: page_faults(call) for name, call in calls.items()}
+        rows.append({**_row(batch, n_images, seconds, traces), "page_faults_per_call": faults})
     notes = [n for n in (data_note, random_init_note(list(models.values()))) if n]
     return {
         "rows": rows,
@@ -124,9 +126,10 @@ def show(result: dict[str, Any]) -> None:
                     "ms/image": row["ms_per_image"][name],
                     "images/s": row["images_per_s"][name],
                     "MFLOPs (2xMACs)": row["flops_mean"][name] / 1e6,
+                    "page faults/call": row["page_faults_per_call"][name],
                 }
             )
-    print(format_table(table, ["batch", "model", "ms/image", "images/s", "MFLOPs (2xMACs)"]))
+    print(format_table(table, ["batch", "model", "ms/image", "images/s", "MFLOPs (2xMACs)", "page faults/call"]))
     print()
     keys = ["batch", "realized_speedup", "flops_ratio", "efficiency", "drnet_vs_mobilenetv2", "mobilenetv2_flops_ratio"]
     print(format_table(result["rows"], keys))

@@ -4,7 +4,9 @@ The masked reference (``DRNet.execution = "masked"``) runs every branch on every
 and multiplies by gate x mask; sparse execution runs each branch only on the samples that
 kept it, gathering them before and scatter-adding after. Both give the same outputs.
 We time both on the same inputs and, with torch.profiler, measure the share of the
-sparse pass spent in the gather/scatter ops themselves.
+sparse pass spent in the gather/scatter ops themselves. A third candidate runs the same
+forward with every branch skipped (a forced empty route): the work every image pays
+whatever its route (stem, cell preprocessing, routers, classifier), which no routing can save.
 
     python -m bench.masked --batches 1,64
 """
@@ -53,20 +55,23 @@ def run(
         n_images = sum(len(c) for c in chunks)
         with inference(settings):
             traces = [model(x)[1] for x in inputs]
+            nothing = torch.zeros_like(traces[0].ran[:1])  # [1, L, E, K]: every branch skipped
+            fixed_flops = float(model(inputs[0], nothing)[1].flops[0])
             calls = {mode: _caller(model, inputs, mode) for mode in ("sparse", "masked")}
+            calls["no_branches"] = _caller(model, inputs, "sparse", nothing)
             seconds = compare(calls, settings)
             share = _gather_scatter_share(calls["sparse"])
         model.execution = "sparse"
-        rows.append(_row(batch, n_images, seconds, traces, share))
+        rows.append(_row(batch, n_images, seconds, traces, share, fixed_flops))
     notes = [n for n in (data_note, random_init_note([loaded])) if n]
     return {"rows": rows, "model": loaded.source, "gather_scatter_ops": list(GATHER_SCATTER_OPS), "notes": notes}
 
 
-def _caller(model: torch.nn.Module, inputs: list[torch.Tensor], mode: str):
+def _caller(model: torch.nn.Module, inputs: list[torch.Tensor], mode: str, route: torch.Tensor | None = None):
     def call() -> None:
         model.execution = mode
         for x in inputs:
-            model(x)
+            model(x, route)
 
     return call
 
@@ -81,7 +86,9 @@ def _gather_scatter_share(call) -> float:
     return 100.0 * moved / total if total else 0.0
 
 
-def _row(batch: int, n_images: int, seconds: dict[str, float], traces: list, share: float) -> dict[str, Any]:
+def _row(
+    batch: int, n_images: int, seconds: dict[str, float], traces: list, share: float, fixed_flops: float
+) -> dict[str, Any]:
     ran = torch.cat([t.ran for t in traces])  # [N, L, E, K]
     flops = float(torch.cat([t.flops for t in traces]).double().mean())
     if batch > 1:
@@ -101,6 +108,8 @@ def _row(batch: int, n_images: int, seconds: dict[str, float], traces: list, sha
         "branches_ran_pct": 100 * float(ran.double().mean()),
         "partial_branches_pct": 100 * partial,
         "gather_scatter_pct_of_sparse": share,
+        "every_image_pct_of_sparse_time": 100 * seconds["no_branches"] / seconds["sparse"],
+        "every_image_pct_of_flops": 100 * fixed_flops / flops,
     }
 
 
@@ -115,12 +124,16 @@ def show(result: dict[str, Any]) -> None:
         "branches_ran_pct",
         "partial_branches_pct",
         "gather_scatter_pct_of_sparse",
+        "every_image_pct_of_sparse_time",
+        "every_image_pct_of_flops",
     ]
     print(format_table(result["rows"], keys))
     print(
         "\nmasked_over_sparse = masked time / sparse time; flops_ratio = all-branches FLOPs / routed FLOPs; "
         "partial_branches_pct = (cell, edge, branch) slots run on part of the batch (these need gather/scatter); "
-        f"gather/scatter ops: {', '.join(result['gather_scatter_ops'])} (CPU-side profiler time)"
+        f"gather/scatter ops: {', '.join(result['gather_scatter_ops'])} (CPU-side profiler time); "
+        "every_image_* = the same forward with every branch skipped (stem, preprocessing, routers, classifier), "
+        "as a share of the sparse pass's time and of its FLOPs"
     )
 
 

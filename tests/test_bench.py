@@ -55,6 +55,7 @@ def test_latency_ratios_are_the_ratios_of_its_own_measurements(models) -> None:
         assert row["flops_ratio"] == pytest.approx(flops["dense"] / flops["drnet"])
         assert row["drnet_vs_mobilenetv2"] == pytest.approx(ms["mobilenetv2"] / ms["drnet"])
         assert flops["drnet"] <= flops["dense"] * 1.01  # the router adds < 1%; skipping only removes
+        assert all(isinstance(n, int) and n >= 0 for n in row["page_faults_per_call"].values())
     assert 0 < result["ours_vs_mobilenetv2"]["flops_pct_of_mobilenetv2"] < 100
 
 
@@ -78,6 +79,8 @@ def test_masked_reports_the_gather_scatter_share(models) -> None:
         assert positive(row["sparse_ms_per_image"]) and positive(row["masked_over_sparse"])
         assert 0 <= row["gather_scatter_pct_of_sparse"] < 100
         assert 0 < row["branches_ran_pct"] <= 100
+        # Skipping every branch keeps the stem, preprocessing, routers and classifier: some but not all FLOPs.
+        assert 0 < row["every_image_pct_of_flops"] < 100 and positive(row["every_image_pct_of_sparse_time"])
 
 
 def test_training_benchmark_trains_copies_only(models) -> None:
