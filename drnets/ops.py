@@ -180,7 +180,9 @@ class FactorizedReduce(Branch):
     def __init__(self, c_in: int, c_out: int, affine: bool = True):
         super().__init__(nn.Sequential(nn.ReLU(inplace=False)))
         self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
-        self.conv_2 = nn.Conv2d(c_in, c_out - c_out // 2, 1, stride=2, bias=False)
+        # DARTS runs this one at stride 2 on the map shifted by one pixel; it reads exactly the
+        # odd pixels, which ``from_rectified`` slices out first, so it runs at stride 1.
+        self.conv_2 = nn.Conv2d(c_in, c_out - c_out // 2, 1, bias=False)
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -188,18 +190,19 @@ class FactorizedReduce(Branch):
 
     def from_rectified(self, x: torch.Tensor) -> torch.Tensor:
         """The output for an input that already went through the ReLU (see ``DRNet.forward_features``)."""
-        # The second path is shifted by one pixel; an odd size needs one zero row/column so
-        # both paths end at the same size. Even sizes already do, and skip the padding copy
-        # (3-4% of a batch-64 DRNet forward on CPU, docs/BENCHMARKS.md "Profiling").
+        # The convolution copies a strided input first: slicing the odd pixels copies a quarter
+        # of the map, where the shifted map DARTS convolves was a copy of nearly all of it. An odd
+        # size gives the shifted path one row/column fewer, which DARTS pads with zeros.
         h, w = x.shape[-2:]
-        shifted = x[:, :, 1:, 1:]
+        odd = self.conv_2(x[:, :, 1::2, 1::2])
         if h % 2 or w % 2:
-            shifted = nn.functional.pad(shifted, (0, w % 2, 0, h % 2))
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
+            odd = nn.functional.pad(odd, (0, w % 2, 0, h % 2))
+        return self.bn(torch.cat([self.conv_1(x), odd], dim=1))
 
     def flops(self, h: int, w: int) -> int:
+        """What runs: the odd-pixel path has no padded row/column to convolve at odd sizes."""
         h_out, w_out = conv_output_size(h, self.conv_1), conv_output_size(w, self.conv_1, 1)
-        return conv_flops(self.conv_1, h_out, w_out) + conv_flops(self.conv_2, h_out, w_out)
+        return conv_flops(self.conv_1, h_out, w_out) + conv_flops(self.conv_2, h // 2, w // 2)
 
 
 BranchFactory = Callable[[int, int, bool], Branch]

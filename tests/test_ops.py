@@ -111,3 +111,16 @@ def test_depthwise_avg_pool_equals_aten_avg_pool(shape: tuple[int, ...], stride:
     assert torch.allclose(fast, expected, atol=1e-6)
     if channels_last and shape[1] > 1:
         assert fast.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("size", [(8, 8), (7, 9), (28, 28), (5, 4)])
+def test_factorized_reduce_equals_darts_shifted_stride_2_conv(size: tuple[int, int]) -> None:
+    """Slicing the odd pixels then a stride-1 conv is DARTS's stride-2 conv on the shifted, zero-padded map."""
+    torch.manual_seed(0)
+    fr = FactorizedReduce(6, 10).eval()
+    x = torch.randn(3, 6, *size)
+    h, w = size
+    shifted = torch.nn.functional.pad(x.relu()[:, :, 1:, 1:], (0, w % 2, 0, h % 2))
+    darts = torch.cat([fr.conv_1(x.relu()), torch.nn.functional.conv2d(shifted, fr.conv_2.weight, stride=2)], dim=1)
+    with torch.no_grad():
+        assert torch.allclose(fr(x), fr.bn(darts), atol=1e-6)
