@@ -189,22 +189,37 @@ def find_checkpoint(name: str) -> Path | None:
     return None
 
 
-def load_model(name: str) -> Loaded:
-    """Trained weights when they exist; otherwise a random init that says so loudly."""
+def load_model(name: str, checkpoint: Path | None = None) -> Loaded:
+    """Trained weights when they exist; otherwise a random init that says so loudly.
+
+    ``checkpoint`` names a folder to time instead of the shipped one; it must hold a ``name`` model.
+    """
+    if checkpoint is not None:
+        try:
+            return _load(name, checkpoint)
+        except CheckpointError as err:
+            raise SystemExit(f"bench: cannot use {checkpoint}: {err}") from None
     path = find_checkpoint(name)
     if path is not None:
         try:
-            ckpt = load_checkpoint(path)
-            training = ckpt.training
-            mean = tuple(training.get("mean", ())) or normalization("fashion-mnist", 1)[0]
-            std = tuple(training.get("std", ())) or normalization("fashion-mnist", 1)[1]
-            return Loaded(name, ckpt.model, str(path.relative_to(ROOT)), mean, std, ckpt.class_names, training)
+            return _load(name, path)
         except CheckpointError as err:
             print(f"bench: cannot use {path}: {err}; falling back to a random init", file=sys.stderr)
     torch.manual_seed(0)
     model = create_model(name, **FALLBACK_CONFIGS[name]).eval()
     mean, std = normalization("fashion-mnist", 1)
     return Loaded(name, model, "random init", mean, std, list(FASHION_MNIST_CLASSES))
+
+
+def _load(name: str, path: Path) -> Loaded:
+    ckpt = load_checkpoint(path)
+    if ckpt.name != name:
+        raise CheckpointError(f"it holds a {ckpt.name!r} model, not a {name!r} one")
+    training = ckpt.training
+    mean = tuple(training.get("mean", ())) or normalization("fashion-mnist", 1)[0]
+    std = tuple(training.get("std", ())) or normalization("fashion-mnist", 1)[1]
+    where = str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
+    return Loaded(name, ckpt.model, where, mean, std, ckpt.class_names, training)
 
 
 def random_init_note(models: list[Loaded]) -> str | None:

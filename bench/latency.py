@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -146,10 +147,12 @@ def main(argv: list[str] | None = None) -> None:
     add_settings_args(parser)
     parser.add_argument("--batches", default="1,64,256", help="comma-separated batch sizes")
     parser.add_argument("--images-b1", type=int, default=16, help="images timed one by one at batch 1")
+    parser.add_argument("--drnet", type=Path, default=None, help="time this DRNet checkpoint folder instead")
     args = parser.parse_args(argv)
     settings = settings_from_args(args)
     info = machine(settings)  # before the run: the load average must not count our own work
-    result = run(settings, tuple(int(b) for b in args.batches.split(",")), args.images_b1)
+    models = {name: load_model(name, args.drnet if name == "drnet" else None) for name in MODELS}
+    result = run(settings, tuple(int(b) for b in args.batches.split(",")), args.images_b1, models)
     if args.json:
         print(json.dumps({"machine": info, **result}, indent=2))
         return

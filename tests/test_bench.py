@@ -156,3 +156,12 @@ def test_cli_prints_one_json_object_with_the_headline_numbers() -> None:
     assert set(report["definitions"]) >= {"realized_speedup", "flops_ratio", "drnet_vs_mobilenetv2"}
     assert {g["metric"] for g in report["goals"]} >= {"efficiency_b1", "app_path_ms", "train_speedup"}
     assert set(report["results"]) == {"latency", "masked", "train", "app_path", "sweep"}
+
+
+def test_latency_times_another_drnet_checkpoint_or_says_why_not(tmp_path: Path) -> None:
+    shipped = ROOT / "assets" / "models" / "drnet"
+    assert load_model("drnet", shipped).source == "assets/models/drnet"
+    with pytest.raises(SystemExit, match="does not exist"):
+        latency.main(["--drnet", str(tmp_path / "missing"), "--batches", "1"])
+    with pytest.raises(SystemExit, match="holds a 'dense' model, not a 'drnet' one"):
+        latency.main(["--drnet", str(ROOT / "assets" / "models" / "dense"), "--batches", "1"])
