@@ -143,7 +143,20 @@ def load_models(directory: str, device: str = "") -> ModelSet:
         if loaded[name].class_names != reference.class_names or _input_format(loaded[name])[0] != size:
             problems[name] = f"{LABELS[name]} was trained on other classes or image sizes than the DRNet; left out"
             del loaded[name]
+    for ckpt in loaded.values():
+        warm_up(ckpt.model, size, target)
     return ModelSet(folder, target, loaded, problems, reference.class_names, size, mean, std)
+
+
+def warm_up(model: nn.Module, size: tuple[int, int, int], device: torch.device) -> None:
+    """One batch-1 forward with every branch on, while the loading spinner shows.
+
+    oneDNN (and cuDNN) build each convolution's kernel on its first call; without this, the first
+    image's latency would include building the kernels of every branch its route uses (tens of ms).
+    """
+    x = torch.zeros(1, *size, device=device).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        routed(model, RoutingPolicy(0.0))(x)
 
 
 def routed(model: nn.Module, policy: RoutingPolicy | None) -> nn.Module:

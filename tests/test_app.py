@@ -19,8 +19,11 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from app import export, figures, state
-from app.services import samples_dir
+from app.services import samples_dir, warm_up
 from drnets.checkpoint import load_checkpoint
+from drnets.model import create_model
+from drnets.ops import Branch
+from drnets.router import RoutingPolicy
 from drnets.upload import prepare_upload
 
 MAIN = appkit.ROOT / "app" / "main.py"
@@ -212,3 +215,17 @@ def test_unexpected_errors_become_a_friendly_message() -> None:
     assert len(at.error) == 1 and "Something went wrong while drawing a test figure" in at.error[0].value
     assert "secret" not in at.error[0].value and "RuntimeError" not in at.error[0].value
     assert at.markdown[0].value == "the rest of the page"
+
+
+def test_loading_runs_every_branch_once_and_leaves_the_shared_model_as_it_was() -> None:
+    """The first image's latency must not include oneDNN building the kernels of the branches it uses."""
+    torch.manual_seed(0)
+    model = create_model("drnet", channels=4, num_nodes=2).eval()
+    branches = {name for name, module in model.named_modules() if isinstance(module, Branch) and ".branches." in name}
+    called: set[str] = set()
+    for name in branches:
+        model.get_submodule(name).register_forward_hook(lambda *_, name=name: called.add(name))
+    model.policy = policy = RoutingPolicy(0.9)  # its own threshold would skip every branch
+    warm_up(model, (1, 28, 28), torch.device("cpu"))
+    assert called == branches
+    assert model.policy == policy
