@@ -37,7 +37,7 @@ from drnets.upload import PreparedImage, prepare_upload
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_NAMES = ("drnet", "mobilenetv2", "dense")
 LABELS = {"drnet": "DRNet", "mobilenetv2": "MobileNetV2", "dense": "Dense supernet"}
-LATENCY_RUNS = 3  # median of a few batch-1 forwards; the first call of a new shape is slower
+LATENCY_RUNS = 5  # median of a few batch-1 forwards: one slow call (a busy CPU) does not set the figure
 
 
 def default_models_dir() -> str:

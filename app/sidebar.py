@@ -31,10 +31,12 @@ def render() -> None:
 def images_ui() -> None:
     st.subheader("Image")
     samples = list_samples()
+    # The first sample is shown on first start; set through session state rather than ``index``,
+    # because an upload clears it the same way (Streamlit warns when a widget gets both).
+    st.session_state.setdefault(state.SAMPLE, samples[0] if samples else None)
     st.selectbox(
         "Sample from the test set",
         [None, *samples],
-        index=1 if samples else 0,
         format_func=lambda name: "none" if name is None else state.sample_label(name).removeprefix("sample: "),
         placeholder="none",
         key=state.SAMPLE,
