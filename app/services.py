@@ -143,8 +143,14 @@ def load_models(directory: str, device: str = "") -> ModelSet:
         if loaded[name].class_names != reference.class_names or _input_format(loaded[name])[0] != size:
             problems[name] = f"{LABELS[name]} was trained on other classes or image sizes than the DRNet; left out"
             del loaded[name]
-    for ckpt in loaded.values():
-        warm_up(ckpt.model, size, target)
+    for name in list(loaded):
+        try:
+            warm_up(loaded[name].model, size, target)
+        except (RuntimeError, ValueError) as err:  # a checkpoint whose model cannot run at its own input size
+            problems[name] = f"{LABELS[name]} cannot run on {'x'.join(map(str, size))} inputs: {err}"
+            del loaded[name]
+    if "drnet" not in loaded:
+        return ModelSet(folder, target, loaded, problems)
     return ModelSet(folder, target, loaded, problems, reference.class_names, size, mean, std)
 
 

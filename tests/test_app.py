@@ -19,8 +19,9 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from app import export, figures, state
-from app.services import samples_dir, warm_up
-from drnets.checkpoint import load_checkpoint
+from app.services import load_models, samples_dir, warm_up
+from drnets.checkpoint import load_checkpoint, save_checkpoint
+from drnets.data import FASHION_MNIST_CLASSES
 from drnets.model import create_model
 from drnets.ops import Branch
 from drnets.router import RoutingPolicy
@@ -229,3 +230,14 @@ def test_loading_runs_every_branch_once_and_leaves_the_shared_model_as_it_was() 
     warm_up(model, (1, 28, 28), torch.device("cpu"))
     assert called == branches
     assert model.policy == policy
+
+
+def test_a_checkpoint_that_cannot_run_at_its_own_input_size_is_reported_not_raised(tmp_path: Path) -> None:
+    """A stranger's DRNet claiming 4x4 inputs (below the stem's minimum) fails its warm-up: a problem, no crash."""
+    torch.manual_seed(0)
+    for name in ("drnet", "mobilenetv2"):
+        save_checkpoint(tmp_path / name, create_model(name, channels=4, num_nodes=2) if name == "drnet"
+                        else create_model(name), name, list(FASHION_MNIST_CLASSES), {"input_size": [1, 4, 4]})  # fmt: skip
+    models = load_models(str(tmp_path))
+    assert "drnet" not in models.checkpoints
+    assert "cannot run on 1x4x4 inputs" in models.problems["drnet"]
