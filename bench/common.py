@@ -69,6 +69,9 @@ class Settings:
     repeats: int = 7  # timed rounds; the median is reported
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
     keep_freed_memory: bool = True  # glibc reuses freed tensor memory (drnets.device.keep_freed_memory)
+    cudnn: bool = (
+        True  # off: PyTorch's own CUDA convolutions, no cuDNN plan per new shape (docs/BENCHMARKS.md "GPU path")
+    )
 
     @property
     def torch_device(self) -> torch.device:
@@ -103,6 +106,8 @@ def add_settings_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
                         help="let glibc reuse freed memory instead of page-faulting new maps in (default: on)")  # fmt: skip
+    parser.add_argument("--cudnn", action=argparse.BooleanOptionalAction, default=True,
+                        help="use cuDNN for convolutions on a GPU (default: on)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 
 
@@ -123,13 +128,15 @@ def settings_from_args(args: argparse.Namespace, quick: bool = False) -> Setting
         repeats=defaults.repeats if args.repeats is None else args.repeats,
         threads=args.threads,
         keep_freed_memory=args.keep_freed_memory,
+        cudnn=args.cudnn,
     )
     apply_process_settings(settings)
     return settings
 
 
 def apply_process_settings(settings: Settings) -> None:
-    """Threads and allocator: they hold for the whole process, so every candidate runs under the same ones."""
+    """Threads, allocator, cuDNN: they hold for the whole process, so every candidate runs under the same ones."""
+    torch.backends.cudnn.enabled = settings.cudnn
     if settings.threads:
         torch.set_num_threads(settings.threads)
     if settings.keep_freed_memory:

@@ -42,6 +42,12 @@ train() {  # train MODEL EPOCHS OUTDIR [extra args]; a run past 1.25 x BUDGET is
   echo "   $m ($epochs epochs) exit $?: $(tail -n 1 "$dir.out" | cut -c1-300)"
 }
 
+echo "== one diagnosis first: DRNet training steps with and without cuDNN (docs/BENCHMARKS.md \"GPU path\")"
+for flag in --cudnn --no-cudnn; do
+  timeout 90 $PY -m bench.train_throughput --batch 256 --warmup 1 --repeats 2 $flag --json > "$OUT/train$flag.json"
+  echo "   train_throughput $flag exit $?: $($PY -c 'import json, sys; r = json.load(open(sys.argv[1]))["rows"]; print({x["model"]: round(x["ms_per_step"]) for x in r}, "ms/step")' "$OUT/train$flag.json" 2>&1 | tail -n 1)"
+done
+
 echo "== probe: 2 epochs of $PROBE_IMAGES images per model, all at once (the 2nd is timed: no warm-up in it)"
 pids=()  # waited for by pid: a bare `wait` would also wait for the log's tee
 for m in "${MODELS[@]}"; do train "$m" 2 "$RUNS/probe-$m" --limit "$PROBE_IMAGES" & pids+=($!); done
