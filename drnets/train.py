@@ -84,7 +84,9 @@ class TrainConfig:
         if self.cost_scaling not in COST_SCALINGS:
             raise ValueError(f"cost_scaling must be one of {', '.join(COST_SCALINGS)}, got {self.cost_scaling!r}")
         if self.difficulty_by not in DIFFICULTY_RANKINGS:
-            raise ValueError(f"difficulty_by must be 'image' or 'class', got {self.difficulty_by!r}")
+            raise ValueError(
+                f"difficulty_by must be one of {', '.join(DIFFICULTY_RANKINGS)}, got {self.difficulty_by!r}"
+            )
         if not 0 <= self.difficulty_spread < 1:
             raise ValueError(f"difficulty_spread must lie in [0, 1), got {self.difficulty_spread}")
         if not self.cost_contrast >= 0:
