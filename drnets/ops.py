@@ -179,9 +179,10 @@ class FactorizedReduce(Branch):
 
     def __init__(self, c_in: int, c_out: int, affine: bool = True):
         super().__init__(nn.Sequential(nn.ReLU(inplace=False)))
-        self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
-        # DARTS runs this one at stride 2 on the map shifted by one pixel; it reads exactly the
-        # odd pixels, which ``from_rectified`` slices out first, so it runs at stride 1.
+        # DARTS runs both at stride 2, conv_1 on the map and conv_2 on the map shifted by one
+        # pixel: they read exactly the even and the odd pixels, which ``from_rectified`` slices out
+        # first, so both run at stride 1 (same weights, same outputs).
+        self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, bias=False)
         self.conv_2 = nn.Conv2d(c_in, c_out - c_out // 2, 1, bias=False)
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
@@ -193,16 +194,18 @@ class FactorizedReduce(Branch):
         # The convolution copies a strided input first: slicing the odd pixels copies a quarter
         # of the map, where the shifted map DARTS convolves was a copy of nearly all of it. An odd
         # size gives the shifted path one row/column fewer, which DARTS pads with zeros.
+        # The even pixels are sliced too: with 2+ threads, PyTorch 2.13's CPU (oneDNN) gradient of
+        # a stride-2 1x1 conv on channels_last maps of <= 12 channels at odd batch sizes corrupts
+        # the heap (a crash training 4-channel DRNets; tests/test_ops.py), the stride-1 one does not.
         h, w = x.shape[-2:]
         odd = self.conv_2(x[:, :, 1::2, 1::2])
         if h % 2 or w % 2:
             odd = nn.functional.pad(odd, (0, w % 2, 0, h % 2))
-        return self.bn(torch.cat([self.conv_1(x), odd], dim=1))
+        return self.bn(torch.cat([self.conv_1(x[:, :, ::2, ::2]), odd], dim=1))
 
     def flops(self, h: int, w: int) -> int:
         """What runs: the odd-pixel path has no padded row/column to convolve at odd sizes."""
-        h_out, w_out = conv_output_size(h, self.conv_1), conv_output_size(w, self.conv_1, 1)
-        return conv_flops(self.conv_1, h_out, w_out) + conv_flops(self.conv_2, h // 2, w // 2)
+        return conv_flops(self.conv_1, (h + 1) // 2, (w + 1) // 2) + conv_flops(self.conv_2, h // 2, w // 2)
 
 
 BranchFactory = Callable[[int, int, bool], Branch]

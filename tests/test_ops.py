@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -115,12 +118,38 @@ def test_depthwise_avg_pool_equals_aten_avg_pool(shape: tuple[int, ...], stride:
 
 @pytest.mark.parametrize("size", [(8, 8), (7, 9), (28, 28), (5, 4)])
 def test_factorized_reduce_equals_darts_shifted_stride_2_conv(size: tuple[int, int]) -> None:
-    """Slicing the odd pixels then a stride-1 conv is DARTS's stride-2 conv on the shifted, zero-padded map."""
+    """Slicing the even and odd pixels then stride-1 convs is DARTS's two stride-2 convs, on the map
+    and on the shifted, zero-padded map."""
     torch.manual_seed(0)
     fr = FactorizedReduce(6, 10).eval()
     x = torch.randn(3, 6, *size)
     h, w = size
     shifted = torch.nn.functional.pad(x.relu()[:, :, 1:, 1:], (0, w % 2, 0, h % 2))
-    darts = torch.cat([fr.conv_1(x.relu()), torch.nn.functional.conv2d(shifted, fr.conv_2.weight, stride=2)], dim=1)
+    darts = torch.cat(
+        [
+            torch.nn.functional.conv2d(x.relu(), fr.conv_1.weight, stride=2),
+            torch.nn.functional.conv2d(shifted, fr.conv_2.weight, stride=2),
+        ],
+        dim=1,
+    )
     with torch.no_grad():
         assert torch.allclose(fr(x), fr.bn(darts), atol=1e-6)
+
+
+def test_factorized_reduce_trains_on_narrow_channels_last_maps_with_two_threads() -> None:
+    """PyTorch 2.13's CPU gradient of a stride-2 1x1 conv on an odd batch of narrow channels_last
+    maps corrupts the heap with 2+ threads; FactorizedReduce must not run one (run in a child
+    process, where a crash is a failed assertion rather than a dead test run)."""
+    code = (
+        "import torch; from drnets.ops import FactorizedReduce\n"
+        "torch.set_num_threads(2); torch.manual_seed(0)\n"
+        "for c_in in (4, 8, 12):\n"
+        "    fr = FactorizedReduce(c_in, c_in).train()\n"
+        "    for batch in (13, 15, 7):\n"
+        "        for _ in range(5):\n"
+        "            x = torch.randn(batch, c_in, 28, 28).contiguous(memory_format=torch.channels_last)\n"
+        "            fr(x.requires_grad_()).square().sum().backward()\n"
+        "print('trained')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0 and "trained" in done.stdout, done.stderr[-2000:]
