@@ -90,6 +90,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--log-every", type=_positive_int, default=d.log_every)
+    g = p.add_argument_group("execution")
+    g.add_argument("--cudnn", action=argparse.BooleanOptionalAction, default=d.cudnn,
+                   help="CUDA: use cuDNN's convolutions (default); --no-cudnn uses PyTorch's own")  # fmt: skip
     p.set_defaults(func=cmd_train)
 
 

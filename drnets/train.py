@@ -42,7 +42,7 @@ from .model import DRNet, create_model
 STATE_FILE = "train_state.pt"
 STATE_KEYS = {"model", "optimizer", "scheduler", "epoch", "history"}
 # Recipe fields that may change between an interrupted run and its --resume.
-RESUMABLE_CHANGES = ("out", "log_every", "data_root")
+RESUMABLE_CHANGES = ("out", "log_every", "data_root", "cudnn")
 COST_SCALINGS = ("uniform", "confidence", "rank")
 DIFFICULTY_RANKINGS = ("image", "class")  # what difficulty_loss ranks: each image, or each image's class
 
@@ -79,6 +79,10 @@ class TrainConfig:
     limit: int | None = None  # train on the first N images only (smoke tests)
     model_overrides: str = "{}"  # JSON dict of model-config overrides, e.g. '{"channels": 16}'
     log_every: int = 50
+    # CUDA only, how to run rather than what to learn: False trains with PyTorch's own convolutions
+    # instead of cuDNN's, which may build a new plan for every new sub-batch shape the routes make
+    # (docs/BENCHMARKS.md "GPU path"; scripts/gpu_build.sh picks whichever trains the DRNet faster).
+    cudnn: bool = True
 
     def __post_init__(self) -> None:
         if self.cost_scaling not in COST_SCALINGS:
@@ -304,10 +308,13 @@ def _load_state(path: Path, cfg: TrainConfig) -> dict[str, Any]:
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train one model; returns the final epoch's metrics. Writes ``cfg.out/`` on rank 0."""
     ctx = DistributedContext()
+    cudnn_enabled = torch.backends.cudnn.enabled
+    torch.backends.cudnn.enabled = cfg.cudnn
     try:
         _, history = fit(cfg, ctx, resume, progress)
         return history[-1] if history else {}
     finally:
+        torch.backends.cudnn.enabled = cudnn_enabled
         ctx.close()
 
 

@@ -110,7 +110,7 @@ def test_sigkill_mid_epoch_then_resume_reproduces_the_run(data_root: Path, refer
     checkpoint = load_checkpoint(tmp_path / "model")  # the last checkpoint is intact
     assert checkpoint.training["epochs_done"] in (done - 1, done)  # killed between the two saves at worst
 
-    _train(data_root, tmp_path, "--resume")
+    _train(data_root, tmp_path, "--resume", "--no-cudnn")  # how to run may change on resume, unlike the recipe
     _assert_same_weights(_weights(tmp_path), _weights(reference_run))
     with open(tmp_path / "log.csv") as fh:
         assert [int(r["epoch"]) for r in csv.DictReader(fh)] == list(range(1, EPOCHS + 1))
@@ -120,6 +120,12 @@ def test_resume_refuses_a_different_recipe(data_root: Path, reference_run: Path,
     args = _command(data_root, reference_run, "--resume", "--lr", "0.1")[3:]
     assert main(args) == 2
     assert "lr: 0.003 -> 0.1" in capsys.readouterr().err
+
+
+def test_no_cudnn_is_recorded_and_the_process_setting_restored(data_root: Path, tmp_path: Path) -> None:
+    assert main([*_command(data_root, tmp_path, "--no-cudnn", "--epochs", "1")[3:]]) == 0
+    assert json.loads((tmp_path / "args.json").read_text())["cudnn"] is False
+    assert torch.backends.cudnn.enabled  # train() puts the process-wide flag back
 
 
 @pytest.mark.parametrize(
