@@ -38,9 +38,9 @@ def _command(data_root: Path, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _train(data_root: Path, out: Path, *extra: str) -> dict:
+def _train(data_root: Path, out: Path, *extra: str, env: dict[str, str] = ENV) -> dict:
     done = subprocess.run(
-        _command(data_root, out, *extra), env=ENV, capture_output=True, text=True, timeout=300, check=False
+        _command(data_root, out, *extra), env=env, capture_output=True, text=True, timeout=300, check=False
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -120,6 +120,13 @@ def test_resume_refuses_a_different_recipe(data_root: Path, reference_run: Path,
     args = _command(data_root, reference_run, "--resume", "--lr", "0.1")[3:]
     assert main(args) == 2
     assert "lr: 0.003 -> 0.1" in capsys.readouterr().err
+
+
+def test_training_runs_on_two_threads(data_root: Path, tmp_path: Path) -> None:
+    """The other runs use one thread (bit-exact resumes); a user's run uses all cores, where PyTorch
+    2.13 once crashed in a convolution gradient of this 4-channel DRNet (tests/test_ops.py)."""
+    metrics = _train(data_root, tmp_path, "--epochs", "1", env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert metrics["epoch"] == 1 and load_checkpoint(tmp_path / "model").training["epochs_done"] == 1
 
 
 def test_no_cudnn_is_recorded_and_the_process_setting_restored(data_root: Path, tmp_path: Path) -> None:
