@@ -37,7 +37,9 @@ from drnets.upload import PreparedImage, prepare_upload
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_NAMES = ("drnet", "mobilenetv2", "dense")
 LABELS = {"drnet": "DRNet", "mobilenetv2": "MobileNetV2", "dense": "Dense supernet"}
-LATENCY_RUNS = 5  # median of a few batch-1 forwards: one slow call (a busy CPU) does not set the figure
+# Latency: the median of a few rounds, each calling every model once on the image (round-robin, as
+# bench/ does), so a busy CPU (the browser drawing the page on the same cores) slows all models alike.
+LATENCY_ROUNDS = 5
 
 
 def default_models_dir() -> str:
@@ -188,7 +190,6 @@ class ModelRun:
     name: str
     probs: np.ndarray
     trace: RoutingTrace
-    seconds: float
 
     @property
     def pred(self) -> int:
@@ -208,15 +209,9 @@ def _detach(trace: RoutingTrace) -> RoutingTrace:
 
 
 def _run(model: nn.Module, x: torch.Tensor, name: str) -> ModelRun:
-    timings = []
     with torch.inference_mode():
-        for _ in range(LATENCY_RUNS):
-            started = time.perf_counter()
-            _, trace = model(x)
-            if x.device.type == "cuda":
-                torch.cuda.synchronize(x.device)
-            timings.append(time.perf_counter() - started)
-    return ModelRun(name, trace.probs[0].cpu().numpy(), _detach(trace), statistics.median(timings))
+        _, trace = model(x)
+    return ModelRun(name, trace.probs[0].cpu().numpy(), _detach(trace))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -232,8 +227,7 @@ def run_model(
     _models: ModelSet, models_key: str, digest: str, _x: torch.Tensor, name: str, threshold: float, top_k: int | None
 ) -> ModelRun:
     """One model on one image; only DRNet depends on the routing settings."""
-    model = routed(_models.get(name).model, RoutingPolicy(threshold, top_k) if name == "drnet" else None)
-    return _run(model, _x.to(_models.device).contiguous(memory_format=torch.channels_last), name)
+    return _run(_routed(_models, name, threshold, top_k), _on_device(_models, _x), name)
 
 
 def run_all(models: ModelSet, digest: str, x: torch.Tensor, threshold: float, top_k: int | None) -> dict[str, ModelRun]:
@@ -243,6 +237,33 @@ def run_all(models: ModelSet, digest: str, x: torch.Tensor, threshold: float, to
         t, k = (threshold, top_k) if name == "drnet" else (0.0, None)
         runs[name] = run_model(models, models.key, digest, x, name, t, k)
     return runs
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def measure_latency(
+    _models: ModelSet, models_key: str, digest: str, _x: torch.Tensor, threshold: float, top_k: int | None
+) -> dict[str, float]:
+    """Seconds per batch-1 forward of every loaded model on this image, timed round-robin (see LATENCY_ROUNDS)."""
+    x = _on_device(_models, _x)
+    models = {name: _routed(_models, name, threshold, top_k) for name in _models.checkpoints}
+    timings: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode():
+        for _ in range(LATENCY_ROUNDS):
+            for name, model in models.items():
+                started = time.perf_counter()
+                model(x)
+                if x.device.type == "cuda":
+                    torch.cuda.synchronize(x.device)
+                timings[name].append(time.perf_counter() - started)
+    return {name: statistics.median(seconds) for name, seconds in timings.items()}
+
+
+def _routed(models: ModelSet, name: str, threshold: float, top_k: int | None) -> nn.Module:
+    return routed(models.get(name).model, RoutingPolicy(threshold, top_k) if name == "drnet" else None)
+
+
+def _on_device(models: ModelSet, x: torch.Tensor) -> torch.Tensor:
+    return x.to(models.device).contiguous(memory_format=torch.channels_last)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -366,12 +387,19 @@ class Analysis:
     source: ImageSource
     prepared: PreparedImage
     runs: dict[str, ModelRun]
+    seconds: dict[str, float]  # batch-1 latency per model, from measure_latency
 
 
 def analyse(models: ModelSet, source: ImageSource, threshold: float, top_k: int | None, max_bytes: int) -> Analysis:
     """Preprocess and run one image; raises ``UploadError`` for files that are not usable images."""
     prepared = prepare(source.digest, source.data, models.input_size, models.mean, models.std, max_bytes)
-    return Analysis(source, prepared, run_all(models, source.digest, prepared.tensor, threshold, top_k))
+    x = prepared.tensor
+    return Analysis(
+        source,
+        prepared,
+        run_all(models, source.digest, x, threshold, top_k),
+        measure_latency(models, models.key, source.digest, x, threshold, top_k),
+    )
 
 
 def cells_table(models: ModelSet) -> pd.DataFrame:

@@ -19,9 +19,9 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from app import export, figures, state
-from app.services import load_models, samples_dir, warm_up
+from app.services import LATENCY_ROUNDS, load_models, measure_latency, samples_dir, warm_up
 from drnets.checkpoint import load_checkpoint, save_checkpoint
-from drnets.data import FASHION_MNIST_CLASSES
+from drnets.data import FASHION_MNIST_CLASSES, to_input
 from drnets.model import create_model
 from drnets.ops import Branch
 from drnets.router import RoutingPolicy
@@ -241,3 +241,21 @@ def test_a_checkpoint_that_cannot_run_at_its_own_input_size_is_reported_not_rais
     models = load_models(str(tmp_path))
     assert "drnet" not in models.checkpoints
     assert "cannot run on 1x4x4 inputs" in models.problems["drnet"]
+
+
+def test_latency_times_every_model_once_per_round(tmp_path: Path) -> None:
+    """Round-robin, as bench/ does: a CPU busy drawing the page then slows every model alike,
+    instead of whichever model happened to be timed at that moment (DRNet once showed +88%)."""
+    torch.manual_seed(0)
+    for name in ("drnet", "mobilenetv2"):
+        model = create_model(name, channels=4, num_nodes=2) if name == "drnet" else create_model(name)
+        save_checkpoint(tmp_path / name, model, name, list(FASHION_MNIST_CLASSES), {"input_size": [1, 28, 28]})
+    models = load_models(str(tmp_path))
+    calls: list[str] = []
+    hooks = [models.get(n).model.register_forward_pre_hook(lambda *_, n=n: calls.append(n)) for n in models.checkpoints]
+    x = to_input(torch.randint(0, 256, (1, 28, 28, 1), dtype=torch.uint8), models.mean, models.std)
+    seconds = measure_latency(models, models.key, "round-robin-test", x, 0.1, None)
+    for hook in hooks:
+        hook.remove()
+    assert calls == list(models.checkpoints) * LATENCY_ROUNDS
+    assert set(seconds) == set(models.checkpoints) and all(s > 0 for s in seconds.values())
