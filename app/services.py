@@ -331,6 +331,13 @@ def load_eval(models: ModelSet, name: str) -> dict[str, Any] | None:
     return _read_json(str(path), _mtime(path))
 
 
+def eval_command(models: ModelSet, name: str) -> str:
+    """The command that writes ``name``'s eval.json where the app looks for it."""
+    folder = _checkpoint_folder(models.directory, name)
+    dataset = models.get(name).training.get("dataset", "fashion-mnist")
+    return f"python -m drnets eval --checkpoint {folder} --data {dataset} --split test --out {folder}"
+
+
 def load_sweep(models: ModelSet) -> pd.DataFrame:
     """DRNet's threshold sweep: sweep.csv, else eval.json's ``sweep``; empty if neither exists."""
     path = _checkpoint_folder(models.directory, "drnet") / "sweep.csv"

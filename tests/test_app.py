@@ -259,3 +259,23 @@ def test_latency_times_every_model_once_per_round(tmp_path: Path) -> None:
         hook.remove()
     assert calls == list(models.checkpoints) * LATENCY_ROUNDS
     assert set(seconds) == set(models.checkpoints) and all(s > 0 for s in seconds.values())
+
+
+def test_a_lone_drnet_without_evaluation_works_and_says_how_to_evaluate_it(tmp_path: Path) -> None:
+    """A researcher's own DRNet, alone in a folder as training writes it: Inspect has no empty
+    MobileNetV2 column, and the explorer gives the exact command that creates what it reads."""
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "drnet" / "model", create_model("drnet", channels=4, num_nodes=2).eval(), "drnet",
+                    list(FASHION_MNIST_CLASSES), {"dataset": "fashion-mnist", "input_size": [1, 28, 28]})  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DRNETS_MODELS_DIR", str(tmp_path))
+        at = new_app().run()
+        assert_clean(at)
+        costs = at.dataframe[0].value  # the per-model cost table
+        assert "latency (ms)" in costs.columns and "FLOPs vs MobileNetV2" not in costs.columns
+        at.switch_page("views/explorer.py").run()
+    assert_clean(at)
+    folder = tmp_path / "drnet" / "model"
+    assert [c.value for c in at.code] == [
+        f"python -m drnets eval --checkpoint {folder} --data fashion-mnist --split test --out {folder}"
+    ]

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from app import figures, state, ui
-from app.services import LABELS, MODEL_NAMES, ModelSet, load_eval, load_models, run_pixels
+from app.services import LABELS, MODEL_NAMES, ModelSet, eval_command, load_eval, load_models, run_pixels
 from drnets.evaluate import describe_difficulty
 
 ALL_CELLS = "all cells"
@@ -23,9 +23,10 @@ def main() -> None:
     drnet = evals.get("drnet")
     if drnet is None:
         st.info(
-            f"No evaluation results next to the DRNet ({models.directory}/drnet/eval.json). Create them with "
-            "`python -m drnets eval --checkpoint <folder> --out <folder>` for each model."
+            "No evaluation results next to the DRNet yet: this page reads the `eval.json` that the evaluation "
+            "command writes (under a minute on a 2-core CPU for 10,000 test images). For this DRNet:"
         )
+        st.code(eval_command(models, "drnet"), language="bash", wrap_lines=True)
         return
     st.caption(
         f"{drnet['n']} {drnet['split']} images of {drnet['dataset']}; DRNet at its evaluation threshold "

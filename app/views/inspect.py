@@ -170,7 +170,7 @@ def cost_ui(a: Analysis, models: ModelSet) -> None:
             }
             for name, run in a.runs.items()
         ]
-    )
+    ).dropna(axis="columns", how="all")  # no MobileNetV2 loaded: no column of blanks
     st.dataframe(
         table,
         hide_index=True,
