@@ -120,7 +120,7 @@ def show(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.app_path", description=__doc__.split("\n\n")[0])
     add_settings_args(parser)
     args = parser.parse_args(argv)
     settings = settings_from_args(args)

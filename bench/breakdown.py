@@ -15,6 +15,8 @@ from typing import Any
 
 from torch.profiler import ProfilerActivity, profile
 
+from drnets.argtypes import positive_int, positive_ints
+
 from .common import (
     GATHER_SCATTER_OPS,
     MODELS,
@@ -93,15 +95,15 @@ def show(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.breakdown", description=__doc__.split("\n\n")[0])
     add_settings_args(parser)
     parser.add_argument("--model", choices=MODELS, default="drnet")
-    parser.add_argument("--batches", default="1,64", help="comma-separated batch sizes")
-    parser.add_argument("--rows", type=int, default=15, help="ops listed per table")
+    parser.add_argument("--batches", type=positive_ints, default=(1, 64), help="comma-separated batch sizes")
+    parser.add_argument("--rows", type=positive_int, default=15, help="ops listed per table")
     args = parser.parse_args(argv)
     settings = settings_from_args(args)
     info = machine(settings)
-    result = run(settings, args.model, tuple(int(b) for b in args.batches.split(",")), rows=args.rows)
+    result = run(settings, args.model, args.batches, rows=args.rows)
     if args.json:
         print(json.dumps({"machine": info, **result}, indent=2))
         return

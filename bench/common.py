@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from drnets.argtypes import non_negative_int, positive_int
 from drnets.checkpoint import CheckpointError, load_checkpoint
 from drnets.data import FASHION_MNIST_CLASSES, DataError, ImageSet, load_dataset, normalization, to_input
 from drnets.device import describe, has_glibc, keep_freed_memory, pick_device
@@ -101,9 +102,9 @@ def add_settings_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layout", choices=("channels_last", "nchw"), default="channels_last", help="memory format")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="autocast (default: on GPU)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the models (experimental)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed calls per candidate")
-    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (median reported)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--warmup", type=non_negative_int, default=None, help="untimed calls per candidate")
+    parser.add_argument("--repeats", type=positive_int, default=None, help="timed rounds (median reported)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads")
     parser.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
                         help="let glibc reuse freed memory instead of page-faulting new maps in (default: on)")  # fmt: skip
     parser.add_argument("--cudnn", action=argparse.BooleanOptionalAction, default=True,

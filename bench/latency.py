@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from drnets.argtypes import positive_int, positive_ints
+
 from .common import (
     DEFINITIONS,
     MODELS,
@@ -143,16 +145,16 @@ def show(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__.split("\n\n")[0])
     add_settings_args(parser)
-    parser.add_argument("--batches", default="1,64,256", help="comma-separated batch sizes")
-    parser.add_argument("--images-b1", type=int, default=16, help="images timed one by one at batch 1")
+    parser.add_argument("--batches", type=positive_ints, default=(1, 64, 256), help="comma-separated batch sizes")
+    parser.add_argument("--images-b1", type=positive_int, default=16, help="images timed one by one at batch 1")
     parser.add_argument("--drnet", type=Path, default=None, help="time this DRNet checkpoint folder instead")
     args = parser.parse_args(argv)
     settings = settings_from_args(args)
     info = machine(settings)  # before the run: the load average must not count our own work
     models = {name: load_model(name, args.drnet if name == "drnet" else None) for name in MODELS}
-    result = run(settings, tuple(int(b) for b in args.batches.split(",")), args.images_b1, models)
+    result = run(settings, args.batches, args.images_b1, models)
     if args.json:
         print(json.dumps({"machine": info, **result}, indent=2))
         return

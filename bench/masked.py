@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from drnets.argtypes import positive_int, positive_ints
+
 from .common import (
     GATHER_SCATTER_OPS,
     Loaded,
@@ -138,14 +140,14 @@ def show(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.masked", description=__doc__.split("\n\n")[0])
     add_settings_args(parser)
-    parser.add_argument("--batches", default="1,64", help="comma-separated batch sizes")
-    parser.add_argument("--images-b1", type=int, default=16, help="images timed one by one at batch 1")
+    parser.add_argument("--batches", type=positive_ints, default=(1, 64), help="comma-separated batch sizes")
+    parser.add_argument("--images-b1", type=positive_int, default=16, help="images timed one by one at batch 1")
     args = parser.parse_args(argv)
     settings = settings_from_args(args)
     info = machine(settings)
-    result = run(settings, tuple(int(b) for b in args.batches.split(",")), args.images_b1)
+    result = run(settings, args.batches, args.images_b1)
     if args.json:
         print(json.dumps({"machine": info, **result}, indent=2))
         return

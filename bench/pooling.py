@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from drnets.argtypes import positive_ints
 from drnets.ops import avg_pool_3x3_depthwise, max_pool_3x3_separable
 
 from .common import (
@@ -95,13 +96,13 @@ def run(settings: Settings, batches: tuple[int, ...] = (1, 64)) -> dict[str, Any
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.pooling", description=__doc__.split("\n\n")[0])
     add_settings_args(parser)
-    parser.add_argument("--batches", default="1,64", help="comma-separated batch sizes")
+    parser.add_argument("--batches", type=positive_ints, default=(1, 64), help="comma-separated batch sizes")
     args = parser.parse_args(argv)
     settings = settings_from_args(args)
     info = machine(settings)
-    result = run(settings, tuple(int(b) for b in args.batches.split(",")))
+    result = run(settings, args.batches)
     if args.json:
         print(json.dumps({"machine": info, **result}, indent=2))
         return

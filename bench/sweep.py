@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from drnets.argtypes import positive_int, unit_floats
 from drnets.router import RoutingPolicy
 
 from .common import (
@@ -130,17 +131,19 @@ def show(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.sweep", description=__doc__.split("\n\n")[0])
     add_settings_args(parser)
-    parser.add_argument("--limit", type=int, default=None, help="first N test images (default: all 10,000)")
-    parser.add_argument("--thresholds", default=",".join(f"{t:g}" for t in THRESHOLDS), help="comma-separated")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--limit", type=positive_int, default=None, help="first N test images (default: all 10,000)")
+    parser.add_argument(
+        "--thresholds", type=unit_floats, default=tuple(THRESHOLDS), help="comma-separated, each in [0, 1]"
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=256)
     args = parser.parse_args(argv)
     settings = settings_from_args(args)
     if args.repeats is None:
         settings = dataclasses.replace(settings, repeats=1)  # a full pass is long; one round unless asked
     info = machine(settings)
-    result = run(settings, tuple(float(t) for t in args.thresholds.split(",")), args.limit, args.batch_size)
+    result = run(settings, args.thresholds, args.limit, args.batch_size)
     if args.json:
         print(json.dumps({"machine": info, **result}, indent=2))
         return

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from drnets.argtypes import positive_int
 from drnets.model import DRNet
 from drnets.train import TrainConfig, build_optimizer, training_loss
 
@@ -120,9 +121,9 @@ def show(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.train_throughput", description=__doc__.split("\n\n")[0])
     add_settings_args(parser)
-    parser.add_argument("--batch", type=int, default=128, help="training batch size (the recipe's default)")
+    parser.add_argument("--batch", type=positive_int, default=128, help="training batch size (the recipe's default)")
     args = parser.parse_args(argv)
     settings = settings_from_args(args)
     info = machine(settings)

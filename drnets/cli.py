@@ -11,6 +11,7 @@ import sys
 from dataclasses import fields
 
 from . import evaluate, predict, samples
+from .argtypes import positive_int
 from .device import keep_freed_memory
 from .model import create_model, list_models
 
@@ -64,8 +65,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--data-root", default=None, help="data folder (default: the Debian Fashion-MNIST files)")
     g.add_argument("--limit", type=int, default=None, help="use only the first N training images")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=_positive_int, default=d.epochs)
-    g.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
+    g.add_argument("--epochs", type=positive_int, default=d.epochs)
+    g.add_argument("--batch-size", type=positive_int, default=d.batch_size)
     g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate of the one-cycle schedule")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g.add_argument("--seed", type=int, default=d.seed)
@@ -89,18 +90,11 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--out", default=d.out, help="run folder: train_state.pt, model/, log.csv, args.json")
     g.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g.add_argument("--log-every", type=_positive_int, default=d.log_every)
+    g.add_argument("--log-every", type=positive_int, default=d.log_every)
     g = p.add_argument_group("execution")
     g.add_argument("--cudnn", action=argparse.BooleanOptionalAction, default=d.cudnn,
                    help="CUDA: use cuDNN's convolutions (default); --no-cudnn uses PyTorch's own")  # fmt: skip
     p.set_defaults(func=cmd_train)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .argtypes import positive_int, unit_float
 from .checkpoint import Checkpoint, atomic_write_text, load_checkpoint
 from .data import DATASETS, ImageSet, load_dataset, normalization, to_input
 from .device import pick_device
@@ -406,13 +407,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _threshold(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {value}")
-    return value
-
-
 def _device(text: str) -> str:
     try:
         device = torch.device(text)
@@ -423,13 +417,6 @@ def _device(text: str) -> str:
     return text
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``drnets eval``."""
     p = sub.add_parser("eval", help="accuracy, per-image FLOPs, routing statistics and the threshold sweep")
@@ -437,10 +424,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", choices=DATASETS, default=None, help="data set (default: the one it was trained on)")
     p.add_argument("--data-root", default=None, help="data folder (default: the Debian Fashion-MNIST files)")
     p.add_argument("--split", choices=("train", "test"), default="test")
-    p.add_argument("--limit", type=_positive, default=None, help="evaluate only the first N images")
-    p.add_argument("--threshold", type=_threshold, default=None, help="routing threshold t (default: the model's)")
-    p.add_argument("--top-k", type=_positive, default=None, help="keep at most k branches per edge")
-    p.add_argument("--batch-size", type=_positive, default=256)
+    p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N images")
+    p.add_argument("--threshold", type=unit_float, default=None, help="routing threshold t (default: the model's)")
+    p.add_argument("--top-k", type=positive_int, default=None, help="keep at most k branches per edge")
+    p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument(
         "--device", type=_device, default=None, help="cpu, cuda, cuda:1, ... (default: the GPU if there is one)"
     )

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .argtypes import positive_int, unit_float
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from .router import RoutingPolicy
 from .upload import UploadError, check_size, prepare_upload
@@ -107,20 +108,6 @@ def _print_result(row: dict[str, Any]) -> None:
         print(f"  preprocessing: {'; '.join(row['notes'])}")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _unit_float(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {value}")
-    return value
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``drnets predict`` on the main parser's subcommands."""
     p = sub.add_parser(
@@ -133,7 +120,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, WebP, GIF, BMP or TIFF files")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (model.safetensors + config.json)")
-    p.add_argument("--top-k", type=_positive_int, default=3, help="how many classes to list (default 3)")
-    p.add_argument("--threshold", type=_unit_float, default=None, help="routing threshold t for a DRNet")
+    p.add_argument("--top-k", type=positive_int, default=3, help="how many classes to list (default 3)")
+    p.add_argument("--threshold", type=unit_float, default=None, help="routing threshold t for a DRNet")
     p.add_argument("--json", action="store_true", help="print one JSON list, one object per image")
     p.set_defaults(func=cmd_predict)

@@ -132,6 +132,24 @@ def test_bad_only_flag_is_refused_with_a_message(capsys) -> None:
     assert "--only takes a comma-separated subset" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("script", "flags", "message"),
+    [
+        (latency, ["--batches", "0"], "argument --batches: must be >= 1, got 0"),
+        (latency, ["--batches", "1,-3"], "argument --batches: must be >= 1, got -3"),
+        (masked, ["--batches", "abc"], "argument --batches: invalid positive_ints value: 'abc'"),
+        (latency, ["--repeats", "0"], "argument --repeats: must be >= 1, got 0"),
+        (sweep, ["--thresholds", "0.1,2"], "argument --thresholds: must lie in [0, 1], got 2.0"),
+        (train_throughput, ["--batch", "0"], "argument --batch: must be >= 1, got 0"),
+    ],
+)
+def test_bad_numbers_are_usage_errors_not_stack_traces(script, flags: list[str], message: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(flags)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_bad_device_is_refused_with_a_message() -> None:
     with pytest.raises(SystemExit, match="is not a torch device"):
         bench_main(["--device", "banana", "--smoke"])

@@ -120,7 +120,7 @@ def test_threshold_changes_the_route_and_its_cost(checkpoint, images, capsys) ->
     [
         (["--top-k", "0"], "argument --top-k: must be >= 1, got 0"),
         (["--threshold", "1.5"], "argument --threshold: must lie in [0, 1], got 1.5"),
-        (["--top-k", "many"], "argument --top-k: invalid _positive_int value: 'many'"),
+        (["--top-k", "many"], "argument --top-k: invalid positive_int value: 'many'"),
         ([], "the following arguments are required: IMAGE"),
     ],
 )
