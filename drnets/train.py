@@ -95,6 +95,13 @@ class TrainConfig:
             raise ValueError(f"difficulty_spread must lie in [0, 1), got {self.difficulty_spread}")
         if not self.cost_contrast >= 0:
             raise ValueError(f"cost_contrast must be >= 0, got {self.cost_contrast}")
+        # Written "not x > 0" so that NaN is refused too.
+        for name in ("lr", "tau_start", "tau_end"):  # the temperature anneals geometrically: both ends > 0
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "cost_weight", "pool_price"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     def overrides(self) -> dict[str, Any]:
         try:

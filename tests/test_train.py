@@ -145,6 +145,9 @@ def test_no_cudnn_is_recorded_and_the_process_setting_restored(data_root: Path, 
         (["--data-root", "/nonexistent/fmnist"], "train-images-idx3-ubyte"),
         (["--data", "cifar10"], "data_batch_1 not found"),
         (["--resume"], "no train_state.pt"),
+        (["--tau-start", "0"], "tau_start must be > 0, got 0.0"),
+        (["--lr", "nan"], "lr must be > 0, got nan"),
+        (["--cost-weight", "-1"], "cost_weight must be >= 0, got -1.0"),
     ],
 )
 def test_bad_flags_give_a_clear_error(
