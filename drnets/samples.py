@@ -8,6 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from .argtypes import positive_int
 from .data import DATASETS, load_dataset
 
 
@@ -36,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", choices=DATASETS, default="fashion-mnist")
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", type=Path, default=Path("assets/samples"))
-    p.add_argument("--per-class", type=int, default=3)
+    p.add_argument("--per-class", type=positive_int, default=3, help="images per class (default 3)")
     p.set_defaults(
         func=lambda a: (
             print(f"wrote {len(export_samples(a.data, a.out, a.per_class, a.data_root))} images to {a.out}") or 0
