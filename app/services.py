@@ -39,7 +39,7 @@ MODEL_NAMES = ("drnet", "mobilenetv2", "dense")
 LABELS = {"drnet": "DRNet", "mobilenetv2": "MobileNetV2", "dense": "Dense supernet"}
 # Latency: the median of a few rounds, each calling every model once on the image (round-robin, as
 # bench/ does), so a busy CPU (the browser drawing the page on the same cores) slows all models alike.
-LATENCY_ROUNDS = 5
+LATENCY_ROUNDS = 3  # all three models, 3 rounds: about 75 ms per new image or threshold on 2 cores
 
 
 def default_models_dir() -> str:
