@@ -1,25 +1,35 @@
-"""Where a model's inference time goes: torch.profiler, grouped into kinds of work.
+"""Where a model's time goes: torch.profiler, grouped into kinds of work.
 
 Groups: convolutions (which carry all the FLOPs), pools, batch norm, activations,
 gather/scatter (sparse execution's own overhead), everything else (routers, gating,
-concatenation, bookkeeping). Ops per forward is a proxy for Python/dispatch overhead.
+concatenation, bookkeeping). Ops per call is a proxy for Python/dispatch overhead.
+``--train`` profiles training steps as bench.train_throughput runs them (forward, loss,
+backward, optimiser step) instead of inference forwards: on a GPU its table shows whether
+convolutions spend their time building cuDNN plans (docs/BENCHMARKS.md "GPU path").
 
     python -m bench.breakdown --model drnet --batches 1,64
+    python -m bench.breakdown --train --batches 256
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+from collections.abc import Callable
 from typing import Any
 
+import torch
+from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from drnets.argtypes import positive_int, positive_ints
+from drnets.data import ImageSet
 
 from .common import (
     GATHER_SCATTER_OPS,
     MODELS,
+    Loaded,
     Settings,
     add_settings_args,
     eval_images,
@@ -30,14 +40,36 @@ from .common import (
     print_header,
     random_init_note,
     settings_from_args,
+    synchronize,
     to_device,
 )
+from .train_throughput import trainer
+
+TRAIN_STEPS = 3  # profiled training steps per batch size, after one warm-up step
 
 GROUPS = {
-    "convolution": ("aten::mkldnn_convolution", "aten::_slow_conv2d_forward", "aten::_nnpack_spatial_convolution"),
-    "pooling": ("aten::max_pool2d_with_indices", "aten::avg_pool2d", "aten::max_pool2d", "aten::maximum"),
-    "batch_norm": ("aten::native_batch_norm", "aten::_native_batch_norm_legit_no_training"),
-    "activation": ("aten::clamp_min", "aten::relu", "aten::hardtanh", "aten::clamp"),
+    "convolution": (
+        "aten::mkldnn_convolution",
+        "aten::_slow_conv2d_forward",
+        "aten::_nnpack_spatial_convolution",
+        "aten::cudnn_convolution",
+        "aten::_conv_depthwise2d",
+        "aten::convolution_backward",
+    ),
+    "pooling": (
+        "aten::max_pool2d_with_indices",
+        "aten::avg_pool2d",
+        "aten::max_pool2d",
+        "aten::maximum",
+        "aten::max_pool2d_with_indices_backward",
+        "aten::avg_pool2d_backward",
+    ),
+    "batch_norm": (
+        "aten::native_batch_norm",
+        "aten::_native_batch_norm_legit_no_training",
+        "aten::native_batch_norm_backward",
+    ),
+    "activation": ("aten::clamp_min", "aten::relu", "aten::hardtanh", "aten::clamp", "aten::threshold_backward"),
     "gather_scatter": GATHER_SCATTER_OPS,
 }
 
@@ -48,20 +80,26 @@ def run(
     batches: tuple[int, ...] = (1, 64),
     images_b1: int = 16,
     rows: int = 15,
+    train: bool = False,
 ) -> dict[str, Any]:
     loaded = load_model(model_name)
-    model = prepare(loaded.model, settings)
     data, _ = eval_images(max(*batches, images_b1))
+    cuda = settings.device.startswith("cuda")
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    forward = None if train else prepare(loaded.model, settings)
     results = []
     for batch in batches:
-        chunks = [data.images[i : i + 1] for i in range(images_b1)] if batch == 1 else [data.images[:batch]]
-        inputs = [to_device(c, loaded, settings) for c in chunks]
-        with inference(settings):
-            for x in inputs:  # warm-up
-                model(x)
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
-                for x in inputs:
-                    model(x)
+        calls = (
+            _training_steps(loaded, settings, data, batch)
+            if train
+            else _forwards(forward, loaded, settings, data, batch, images_b1)
+        )
+        calls[0]()  # warm-up
+        synchronize(settings)
+        with profile(activities=activities) as prof:
+            for call in calls:
+                call()
+            synchronize(settings)
         events = prof.key_averages()
         total = sum(e.self_cpu_time_total for e in events)
         grouped = {g: sum(e.self_cpu_time_total for e in events if e.key in keys) for g, keys in GROUPS.items()}
@@ -69,8 +107,8 @@ def run(
         results.append(
             {
                 "batch": batch,
-                "ms_per_forward": total / len(inputs) / 1e3,
-                "ops_per_forward": sum(e.count for e in events) / len(inputs),
+                "ms_per_call": total / len(calls) / 1e3,
+                "ops_per_call": sum(e.count for e in events) / len(calls),
                 "share_pct": {g: 100 * v / total for g, v in grouped.items()},
                 "table": events.table(sort_by="self_cpu_time_total", row_limit=rows),
             }
@@ -78,17 +116,40 @@ def run(
     return {
         "model": model_name,
         "source": loaded.source,
+        "work": "training step" if train else "forward",
         "rows": results,
         "notes": [n for n in [random_init_note([loaded])] if n],
     }
+
+
+def _forwards(
+    model: nn.Module, loaded: Loaded, settings: Settings, data: ImageSet, batch: int, images_b1: int
+) -> list[Callable[[], None]]:
+    """Inference forwards: ``images_b1`` single images at batch 1, else one batch."""
+    chunks = [data.images[i : i + 1] for i in range(images_b1)] if batch == 1 else [data.images[:batch]]
+
+    def forward(x: torch.Tensor) -> None:
+        with inference(settings):
+            model(x)
+
+    return [functools.partial(forward, to_device(c, loaded, settings)) for c in chunks]
+
+
+def _training_steps(loaded: Loaded, settings: Settings, data: ImageSet, batch: int) -> list[Callable[[], None]]:
+    if batch < 2:
+        raise ValueError("training steps need a batch of at least 2 (batch norm in training mode)")
+    step = trainer(loaded, settings, {})
+    x = to_device(data.images[:batch], loaded, settings)
+    labels = data.labels[:batch].to(settings.torch_device)
+    return [functools.partial(step, x, labels)] * TRAIN_STEPS
 
 
 def show(result: dict[str, Any]) -> None:
     for row in result["rows"]:
         shares = ", ".join(f"{g} {v:.0f}%" for g, v in row["share_pct"].items())
         print(
-            f"\n-- {result['model']} batch {row['batch']}: {row['ms_per_forward']:.2f} ms of op time per forward "
-            f"(profiler self time), {row['ops_per_forward']:.0f} aten ops per forward"
+            f"\n-- {result['model']} batch {row['batch']}: {row['ms_per_call']:.2f} ms of op time per {result['work']} "
+            f"(profiler self time), {row['ops_per_call']:.0f} aten ops per {result['work']}"
         )
         print(f"   {shares}")
         print(row["table"])
@@ -100,14 +161,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", choices=MODELS, default="drnet")
     parser.add_argument("--batches", type=positive_ints, default=(1, 64), help="comma-separated batch sizes")
     parser.add_argument("--rows", type=positive_int, default=15, help="ops listed per table")
+    parser.add_argument("--train", action="store_true", help="profile training steps instead of inference forwards")
     args = parser.parse_args(argv)
+    if args.train and min(args.batches) < 2:
+        parser.error("--train needs batches of at least 2 (batch norm in training mode)")
     settings = settings_from_args(args)
     info = machine(settings)
-    result = run(settings, args.model, args.batches, rows=args.rows)
+    result = run(settings, args.model, args.batches, rows=args.rows, train=args.train)
     if args.json:
         print(json.dumps({"machine": info, **result}, indent=2))
         return
-    print_header(f"profile: {args.model} inference", info, result["notes"])
+    print_header(f"profile: {args.model} {'training' if args.train else 'inference'}", info, result["notes"])
     show(result)
 
 

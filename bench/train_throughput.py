@@ -55,7 +55,7 @@ def run(
     for name, loaded in models.items():
         x = to_device(data.images[:batch], loaded, settings)
         labels = data.labels[:batch].to(settings.torch_device)
-        calls[name] = functools.partial(_trainer(loaded, settings, flops), x, labels)
+        calls[name] = functools.partial(trainer(loaded, settings, flops), x, labels)
     seconds = compare(calls, timing)
     rows = [
         {
@@ -84,7 +84,7 @@ def _temperature(loaded: Loaded) -> float:
     return float(history[-1].get("temperature", recipe.get("tau_end", TrainConfig.tau_end)))
 
 
-def _trainer(
+def trainer(
     loaded: Loaded, settings: Settings, flops: dict[str, float]
 ) -> Callable[[torch.Tensor, torch.Tensor], None]:
     """A closure running one optimisation step on a private train-mode copy; it records

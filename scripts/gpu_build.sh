@@ -12,7 +12,8 @@
 # Env:   BUDGET (s, default 330), MAX_EPOCHS (30), DATA_ROOT (Fashion-MNIST idx folder),
 #        LIMIT (train on the first N images; smoke runs only), OUT (where results go),
 #        SKIP_BENCH=1 (stop after training; otherwise the new models replace assets/models/).
-# Leaves: $OUT/models.tar (runs-gpu/M/{model/,log.csv,args.json}), $OUT/bench-gpu.json, $OUT/log.txt
+# Leaves: $OUT/models.tar (runs-gpu/M/{model/,log.csv,args.json}), $OUT/bench-gpu.json, $OUT/log.txt,
+#         $OUT/train--{cudnn,no-cudnn}.json and $OUT/breakdown-train.txt (the diagnosis)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -48,6 +49,11 @@ for flag in --cudnn --no-cudnn; do
   timeout 90 $PY -m bench.train_throughput --batch 256 --warmup 1 --repeats 2 $flag --json > "$OUT/train$flag.json"
   echo "   train_throughput $flag exit $?: $($PY -c 'import json, sys; r = json.load(open(sys.argv[1]))["rows"]; print({x["model"]: round(x["ms_per_step"]) for x in r}, "ms/step")' "$OUT/train$flag.json" 2>&1 | tail -n 1)"
 done
+
+# Where a DRNet training step spends its time (cuDNN plan building shows up as CPU time in the
+# convolution ops); the full table stays in $OUT, its top lines go to the log.
+timeout 120 $PY -m bench.breakdown --train --batches 256 --rows 12 > "$OUT/breakdown-train.txt" 2>&1
+echo "   breakdown --train exit $?:"; grep -A 16 -- "-- drnet" "$OUT/breakdown-train.txt" | cut -c1-150
 
 # The DRNet trains with whichever setting gave it the shorter step (cuDNN unless --no-cudnn won);
 # the baselines keep cuDNN, whose plans they build once for their one batch shape.

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import app_path, latency, masked, pooling, sweep, train_throughput
+from bench import app_path, breakdown, latency, masked, pooling, sweep, train_throughput
 from bench.__main__ import main as bench_main
 from bench.common import MODELS, Settings, load_model
 
@@ -102,6 +102,21 @@ def test_app_path_times_upload_prediction_and_every_attribution(models) -> None:
     assert result["ig32_s"] == next(
         r["seconds"] for r in result["attribution"] if r["method"] == "integrated_gradients"
     )
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_breakdown_groups_the_profiled_time_of_forwards_or_training_steps(train: bool) -> None:
+    result = breakdown.run(TINY, "drnet", batches=(4,), images_b1=2, rows=5, train=train)
+    (row,) = result["rows"]
+    assert result["work"] == ("training step" if train else "forward")
+    assert positive(row["ms_per_call"]) and row["ops_per_call"] > 0 and "aten::" in row["table"]
+    assert math.isclose(sum(row["share_pct"].values()), 100.0) and row["share_pct"]["convolution"] > 0
+
+
+def test_breakdown_refuses_training_steps_at_batch_1(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        breakdown.main(["--train", "--batches", "1,8"])
+    assert exit_info.value.code == 2 and "--train needs batches of at least 2" in capsys.readouterr().err
 
 
 def test_photo_bytes_is_a_real_upload() -> None:
