@@ -1,8 +1,8 @@
 """3x3 pooling branches: ATen's kernels vs the forms ``drnets.ops`` uses at inference.
 
 Stride-1 max pool vs its separable form (a row max then a column max), and average pool
-(stride 1 and 2, ``count_include_pad=False``) vs a depthwise convolution of ones divided by
-the window counts. Times each pair on the shipped DRNet's node-map shapes (C, 2C, 4C channels
+(stride 1 and 2, ``count_include_pad=False``) vs a depthwise convolution of 1/9s whose border
+windows are rescaled to their real-pixel counts. Times each pair on the shipped DRNet's node-map shapes (C, 2C, 4C channels
 at full, half and quarter resolution), round-robin in one process, and checks that the two
 agree (max: identical; average: equal up to float rounding).
 

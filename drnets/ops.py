@@ -119,10 +119,9 @@ class SepConv(Branch):
 
 SEPARABLE_MIN_PIXELS = 784  # batch x height x width from which the separable max pool wins (one 28x28 map)
 # Average pool as a depthwise conv wins from this many output pixels (batch x height x width: 16
-# 28x28 maps), on maps of at most DEPTHWISE_MAX_CHANNELS channels: ATen's channels_last kernel
-# vectorises over channels, so it only wastes most of its lanes on narrow maps.
+# 28x28 maps) at every width measured, 12 to 144 channels, stride 1 and 2 (1.0-2.7x there, more on
+# larger batches; docs/BENCHMARKS.md "Fourth round"); below it ATen's kernel is faster.
 DEPTHWISE_MIN_PIXELS = 12544
-DEPTHWISE_MAX_CHANNELS = 16
 
 
 class Pool(Branch):
@@ -135,18 +134,14 @@ class Pool(Branch):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # At inference on a CPU, large maps take faster routes to the same values: a stride-1 max
-        # pool as two 1-D passes, a narrow average pool as a depthwise convolution. ATen's kernels
-        # win on small batches (`python -m bench.pooling`, docs/BENCHMARKS.md); on a GPU they are
-        # one launch against several, and are kept.
+        # pool as two 1-D passes, an average pool as a depthwise convolution. ATen's kernels win on
+        # small batches (`python -m bench.pooling`, docs/BENCHMARKS.md); on a GPU they are one
+        # launch against several, and are kept.
         if not torch.is_grad_enabled() and x.device.type == "cpu":
             pixels = x.shape[0] * x.shape[-2] * x.shape[-1]
             if self.kind == "max" and self.stride == 1 and pixels >= SEPARABLE_MIN_PIXELS:
                 return max_pool_3x3_separable(x)
-            if (
-                self.kind == "avg"
-                and x.shape[1] <= DEPTHWISE_MAX_CHANNELS
-                and pixels >= DEPTHWISE_MIN_PIXELS * self.stride**2
-            ):
+            if self.kind == "avg" and pixels >= DEPTHWISE_MIN_PIXELS * self.stride**2:
                 return avg_pool_3x3_depthwise(x, self.stride)
         return self.op(x)
 
@@ -161,12 +156,19 @@ def max_pool_3x3_separable(x: torch.Tensor) -> torch.Tensor:
 
 
 def avg_pool_3x3_depthwise(x: torch.Tensor, stride: int) -> torch.Tensor:
-    """``avg_pool2d(x, 3, stride, padding=1, count_include_pad=False)`` as window sums by a depthwise
-    convolution of ones, divided by how many real pixels each window holds (equal up to rounding)."""
+    """``avg_pool2d(x, 3, stride, padding=1, count_include_pad=False)`` as a depthwise convolution of
+    1/9s (equal up to rounding). Only windows on the border hold fewer than 3 x 3 real pixels: their
+    first/last output rows and columns are rescaled in place, which touches a few percent of the map
+    where dividing every value by its window's count was a full pass (1.5x faster at 12x28x28)."""
     channels = x.shape[1]
-    sums = nn.functional.conv2d(x, x.new_ones(channels, 1, 3, 3), None, stride, 1, 1, channels)
-    counts = nn.functional.avg_pool2d(x.new_ones(1, 1, *x.shape[-2:]), 3, stride, 1, divisor_override=1)
-    return sums.div_(counts)
+    out = nn.functional.conv2d(x, x.new_full((channels, 1, 3, 3), 1 / 9), None, stride, 1, 1, channels)
+    for axis, size in ((-2, x.shape[-2]), (-1, x.shape[-1])):
+        windows = out.shape[axis]
+        for i in {0, windows - 1}:
+            real = min(i * stride + 1, size - 1) - max(i * stride - 1, 0) + 1  # pixels of window i inside the map
+            if real < 3:
+                out.narrow(axis, i, 1).mul_(3 / real)
+    return out
 
 
 class Identity(Branch):

@@ -102,7 +102,7 @@ def test_separable_max_pool_equals_aten_max_pool(shape: tuple[int, ...], channel
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("shape", [(1, 12, 28, 28), (3, 5, 7, 9), (2, 48, 1, 1), (4, 24, 14, 2), (64, 12, 28, 28)])
 def test_depthwise_avg_pool_equals_aten_avg_pool(shape: tuple[int, ...], stride: int, channels_last: bool) -> None:
-    """Average pool as window sums / real-pixel counts matches nn.AvgPool2d(count_include_pad=False), borders too."""
+    """The depthwise average pool (1/9s, border windows rescaled) matches nn.AvgPool2d(count_include_pad=False), borders too."""
     x = torch.randn(shape)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
