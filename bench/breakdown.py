@@ -136,8 +136,6 @@ def _forwards(
 
 
 def _training_steps(loaded: Loaded, settings: Settings, data: ImageSet, batch: int) -> list[Callable[[], None]]:
-    if batch < 2:
-        raise ValueError("training steps need a batch of at least 2 (batch norm in training mode)")
     step = trainer(loaded, settings, {})
     x = to_device(data.images[:batch], loaded, settings)
     labels = data.labels[:batch].to(settings.torch_device)

@@ -70,9 +70,8 @@ class Settings:
     repeats: int = 7  # timed rounds; the median is reported
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
     keep_freed_memory: bool = True  # glibc reuses freed tensor memory (drnets.device.keep_freed_memory)
-    cudnn: bool = (
-        True  # off: PyTorch's own CUDA convolutions, no cuDNN plan per new shape (docs/BENCHMARKS.md "GPU path")
-    )
+    # off: PyTorch's own CUDA convolutions, no cuDNN plan per new shape (docs/BENCHMARKS.md "GPU path")
+    cudnn: bool = True
 
     @property
     def torch_device(self) -> torch.device:

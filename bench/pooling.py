@@ -2,9 +2,9 @@
 
 Stride-1 max pool vs its separable form (a row max then a column max), and average pool
 (stride 1 and 2, ``count_include_pad=False``) vs a depthwise convolution of 1/9s whose border
-windows are rescaled to their real-pixel counts. Times each pair on the shipped DRNet's node-map shapes (C, 2C, 4C channels
-at full, half and quarter resolution), round-robin in one process, and checks that the two
-agree (max: identical; average: equal up to float rounding).
+windows are rescaled to their real-pixel counts. Times each pair on the shipped DRNet's node-map
+shapes (C, 2C, 4C channels at full, half and quarter resolution), round-robin in one process,
+and checks that the two agree (max: identical; average: equal up to float rounding).
 
     python -m bench.pooling --batches 1,64
 """
@@ -12,6 +12,7 @@ agree (max: identical; average: equal up to float rounding).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -51,19 +52,15 @@ def pool_shapes(size: int = 28) -> list[tuple[int, int, int]]:
 # (pool, stride, ATen's kernel, the inference form, whether the two must agree bit for bit)
 POOLS: tuple[tuple[str, int, Callable[..., torch.Tensor], Callable[..., torch.Tensor], bool], ...] = (
     ("max", 1, lambda x: F.max_pool2d(x, 3, 1, 1), max_pool_3x3_separable, True),
-    (
-        "avg",
-        1,
-        lambda x: F.avg_pool2d(x, 3, 1, 1, count_include_pad=False),
-        lambda x: avg_pool_3x3_depthwise(x, 1),
-        False,
-    ),
-    (
-        "avg",
-        2,
-        lambda x: F.avg_pool2d(x, 3, 2, 1, count_include_pad=False),
-        lambda x: avg_pool_3x3_depthwise(x, 2),
-        False,
+    *(
+        (
+            "avg",
+            stride,
+            functools.partial(F.avg_pool2d, kernel_size=3, stride=stride, padding=1, count_include_pad=False),
+            functools.partial(avg_pool_3x3_depthwise, stride=stride),
+            False,
+        )
+        for stride in (1, 2)
     ),
 )
 
