@@ -7,6 +7,7 @@ interleaved round-robin; weights start from the checkpoints when present (only t
 speed is measured, the copies are thrown away).
 
     python -m bench.train_throughput --batch 128
+    python -m bench.train_throughput --models drnet --no-cudnn   # one model, one GPU setting
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ def run(
     return {
         "batch": batch,
         "rows": rows,
-        "train_speedup": ratio(seconds["dense"], seconds["drnet"]),
-        "temperature": _temperature(models["drnet"]),
+        "train_speedup": ratio(seconds["dense"], seconds["drnet"]) if {"dense", "drnet"} <= seconds.keys() else None,
+        "temperature": _temperature(models["drnet"]) if "drnet" in models else None,
         "models": {name: m.source for name, m in models.items()},
         "notes": notes,
     }
@@ -112,8 +113,18 @@ def trainer(
     return step
 
 
+def model_names(text: str) -> tuple[str, ...]:
+    """argparse type: a comma-separated, non-empty subset of MODELS."""
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",")))
+    if not names or not set(names) <= set(MODELS):
+        raise argparse.ArgumentTypeError(f"must be a comma-separated subset of {','.join(MODELS)}, got {text!r}")
+    return names
+
+
 def show(result: dict[str, Any]) -> None:
     print(format_table(result["rows"], ["model", "images_per_s", "ms_per_step", "forward_mflops_per_image"]))
+    if result["train_speedup"] is None:
+        return
     print(
         f"\ntrain_speedup (DRNet images/s / dense images/s) = {result['train_speedup']:.3g} at batch {result['batch']}, "
         f"Gumbel temperature {result['temperature']}"
@@ -124,10 +135,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.train_throughput", description=__doc__.split("\n\n")[0])
     add_settings_args(parser)
     parser.add_argument("--batch", type=positive_int, default=128, help="training batch size (the recipe's default)")
+    parser.add_argument("--models", type=model_names, default=MODELS, help=f"comma-separated subset of {','.join(MODELS)}")
     args = parser.parse_args(argv)
     settings = settings_from_args(args)
     info = machine(settings)
-    result = run(settings, args.batch)
+    result = run(settings, args.batch, models={name: load_model(name) for name in args.models})
     if args.json:
         print(json.dumps({"machine": info, **result}, indent=2))
         return

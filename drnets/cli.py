@@ -53,7 +53,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
     from .data import DATASETS
-    from .train import COST_SCALINGS, DIFFICULTY_RANKINGS, TrainConfig
+    from .train import COST_SCALINGS, DIFFICULTY_RANKINGS, LAYOUTS, TrainConfig
 
     p = sub.add_parser("train", help="train a model and write a checkpoint folder")
     d = TrainConfig()
@@ -94,6 +94,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("execution")
     g.add_argument("--cudnn", action=argparse.BooleanOptionalAction, default=d.cudnn,
                    help="CUDA: use cuDNN's convolutions (default); --no-cudnn uses PyTorch's own")  # fmt: skip
+    g.add_argument("--layout", choices=LAYOUTS, default=d.layout, help="CUDA: memory format (default: channels_last)")
     p.set_defaults(func=cmd_train)
 
 

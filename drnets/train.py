@@ -42,9 +42,10 @@ from .model import DRNet, create_model
 STATE_FILE = "train_state.pt"
 STATE_KEYS = {"model", "optimizer", "scheduler", "epoch", "history"}
 # Recipe fields that may change between an interrupted run and its --resume.
-RESUMABLE_CHANGES = ("out", "log_every", "data_root", "cudnn")
+RESUMABLE_CHANGES = ("out", "log_every", "data_root", "cudnn", "layout")
 COST_SCALINGS = ("uniform", "confidence", "rank")
 DIFFICULTY_RANKINGS = ("image", "class")  # what difficulty_loss ranks: each image, or each image's class
+LAYOUTS = ("channels_last", "nchw")  # memory formats a GPU may train in (bench/ takes the same --layout)
 
 
 @dataclass(frozen=True)
@@ -83,10 +84,15 @@ class TrainConfig:
     # instead of cuDNN's, which may build a new plan for every new sub-batch shape the routes make
     # (docs/BENCHMARKS.md "GPU path"; scripts/gpu_build.sh picks whichever trains the DRNet faster).
     cudnn: bool = True
+    # CUDA only: "channels_last" (NHWC) or "nchw" maps and weights. cuDNN takes every channels_last
+    # depthwise conv, NCHW ones may go to PyTorch's own depthwise kernel; the CPU trains NCHW either way.
+    layout: str = "channels_last"
 
     def __post_init__(self) -> None:
         if self.cost_scaling not in COST_SCALINGS:
             raise ValueError(f"cost_scaling must be one of {', '.join(COST_SCALINGS)}, got {self.cost_scaling!r}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if self.difficulty_by not in DIFFICULTY_RANKINGS:
             raise ValueError(
                 f"difficulty_by must be one of {', '.join(DIFFICULTY_RANKINGS)}, got {self.difficulty_by!r}"
@@ -338,7 +344,8 @@ def fit(
     channels, h, w = data.images.shape[-1], data.images.shape[1], data.images.shape[2]
     mean, std = normalization(cfg.data, channels)
     model = build_model(cfg, data).to(ctx.device)
-    if ctx.device.type == "cuda":
+    nhwc = ctx.device.type == "cuda" and cfg.layout == "channels_last"
+    if nhwc:
         model = model.to(memory_format=torch.channels_last)
     per_epoch = steps_per_epoch(len(data), ctx.world_size, cfg.batch_size)
     total_steps = per_epoch * cfg.epochs
@@ -372,7 +379,7 @@ def fit(
         for i in bar:
             x, y = make_batch(data, order[i * cfg.batch_size : (i + 1) * cfg.batch_size], gen, mean, std)
             x, y = x.to(ctx.device), y.to(ctx.device)
-            if ctx.device.type == "cuda":
+            if nhwc:
                 x = x.contiguous(memory_format=torch.channels_last)
             if isinstance(model, DRNet):
                 model.temperature = temperature_at(epoch * per_epoch + i, total_steps, cfg.tau_start, cfg.tau_end)

@@ -1,28 +1,33 @@
 #!/usr/bin/env bash
-# Train the three shipped models side by side on one GPU, then run the GPU benchmarks.
+# One lent-GPU session's work, in one device call that ends by DEADLINE seconds:
 #
-# The number of epochs is the one thing this script chooses: it times 20 training steps of
-# every model (all three at once, as they will run, after 20 steps of warm-up), then takes as many epochs as fit in
-# BUDGET seconds for the slowest, capped at MAX_EPOCHS. Every model gets the same epochs
-# and the same recipe; the command each ran is in runs-gpu/M/args.json.
+#   1. diagnose: time DRNet training steps under the four GPU execution settings (cuDNN on/off x
+#      channels_last/NCHW; docs/BENCHMARKS.md "GPU path"), profile one training step, run the CUDA tests;
+#   2. train the three shipped models side by side, the DRNet with the fastest setting (the baselines
+#      keep cuDNN + channels_last: one batch shape, one plan each), for as many epochs as fit; skipped
+#      when even the fastest DRNet step is too slow to train in the time left;
+#   3. benchmark on the GPU: inference (latency, masked, app path, threshold sweep) and training
+#      throughput, with the new models when step 2 ran (copied over assets/models/ of this checkout).
 #
-# Usage: scripts/gpu_build.sh            (on a machine with a GPU; a CPU works, slowly)
-# Known problem: DRNet training was far too slow on an H100 (docs/BENCHMARKS.md "GPU path"); the
-# script first times DRNet training steps with and without cuDNN and trains it with the faster.
-# Env:   BUDGET (s, default 330), MAX_EPOCHS (30), DATA_ROOT (Fashion-MNIST idx folder),
-#        LIMIT (train on the first N images; smoke runs only), OUT (where results go),
-#        SKIP_BENCH=1 (stop after training; otherwise the new models replace assets/models/).
-# Leaves: $OUT/models.tar (runs-gpu/M/{model/,log.csv,args.json}), $OUT/bench-gpu.json, $OUT/log.txt,
-#         $OUT/train--{cudnn,no-cudnn}.json and $OUT/breakdown-train.txt (the diagnosis)
+# The number of epochs is the one thing training chooses: a probe times every model (all three at
+# once, as they will run), then as many epochs as fit in the time left for the slowest, capped at
+# MAX_EPOCHS. Every model gets the same epochs and recipe; each run's command is in runs-gpu/M/args.json.
+#
+# Env:   DEADLINE (s, default 530), MAX_EPOCHS (30), DATA_ROOT (Fashion-MNIST idx folder), LIMIT (train
+#        on the first N images; smoke runs only), OUT (where results go), DIAG_TIMEOUT (s per setting,
+#        40), MAX_STEP_MS (slowest DRNet step worth training, 1500), PY.
+# Leaves: $OUT/log.txt, $OUT/train--*.json and $OUT/breakdown-train.txt (diagnosis), $OUT/models.tar
+#         (runs-gpu/M/{model/,log.csv,args.json}), $OUT/bench-gpu.json, $OUT/train-gpu.json
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 OUT=${OUT:-runs-gpu/out}
-BUDGET=${BUDGET:-330}
+DEADLINE=${DEADLINE:-530}
 MAX_EPOCHS=${MAX_EPOCHS:-30}
 DATA=(--data fashion-mnist ${DATA_ROOT:+--data-root "$DATA_ROOT"})
 LIMIT_ARGS=(${LIMIT:+--limit "$LIMIT"})
 PROBE_IMAGES=${PROBE_IMAGES:-5120}
+BENCH_RESERVE=150  # seconds kept for step 3
 RUNS=runs-gpu
 MODELS=(drnet dense mobilenetv2)
 # The shipped architectures and recipe (docs/MODELS.md; lambda and the difficulty spread act on the
@@ -35,49 +40,56 @@ exec > >(tee -a "$OUT/log.txt") 2>&1
 export OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1
 
 echo "== machine"; date -u; nvidia-smi -L 2>/dev/null
-$PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'
+$PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "cudnn", torch.backends.cudnn.version())'
 
-train() {  # train MODEL EPOCHS OUTDIR [extra args]; a run past 1.25 x BUDGET is stopped (its last epoch stays)
-  local m=$1 epochs=$2 dir=$3; shift 3
-  timeout $((BUDGET * 5 / 4)) $PY -m drnets train --model "$m" --model-config "${CONFIG[$m]}" --epochs "$epochs" "${RECIPE[@]}" \
+echo "== 1. DRNet training steps (batch 256) under each GPU execution setting"
+for cudnn in --cudnn --no-cudnn; do
+  for layout in channels_last nchw; do
+    timeout "${DIAG_TIMEOUT:-40}" $PY -m bench.train_throughput --models drnet --batch 256 --warmup 2 --repeats 3 \
+        $cudnn --layout $layout --json > "$OUT/train$cudnn-$layout.json"
+    echo "   $cudnn --layout $layout exit $?: $($PY -c 'import json, sys; print(round(json.load(open(sys.argv[1]))["rows"][0]["ms_per_step"]), "ms/step")' "$OUT/train$cudnn-$layout.json" 2>&1 | tail -n 1)"
+  done
+done
+read -r DRNET_EXEC STEP_MS < <($PY - "$OUT" <<'EOF'
+import glob, json, sys
+steps = {}
+for path in glob.glob(f"{sys.argv[1]}/train--*.json"):
+    try:
+        steps[path] = json.load(open(path))["rows"][0]["ms_per_step"]
+    except (OSError, ValueError, KeyError, IndexError):
+        pass
+best = min(steps, key=steps.get, default="none")
+cudnn, layout = best.rsplit("/", 1)[-1].removeprefix("train").removesuffix(".json").rpartition("-")[::2]
+print(f"{cudnn}:--layout:{layout}" if steps else "-", round(steps.get(best, 1e9)))
+EOF
+)
+DRNET_EXEC=${DRNET_EXEC//:/ }; [ "$DRNET_EXEC" = - ] && DRNET_EXEC=""
+echo "   fastest: $DRNET_EXEC (${STEP_MS} ms/step)"
+timeout 50 $PY -m bench.breakdown --train --batches 256 --rows 12 > "$OUT/breakdown-train.txt" 2>&1
+echo "   breakdown --train (defaults) exit $?:"; grep -A 16 -- "-- drnet" "$OUT/breakdown-train.txt" | cut -c1-150
+echo "== the CUDA tests"
+timeout 45 $PY -m pytest -q -p no:cacheprovider tests/test_model.py -k cuda 2>&1 | tail -n 3
+
+train() {  # train MODEL EPOCHS OUTDIR SECONDS [extra args]; stopped after SECONDS (its last finished epoch stays)
+  local m=$1 epochs=$2 dir=$3 seconds=$4; shift 4
+  timeout "$seconds" $PY -m drnets train --model "$m" --model-config "${CONFIG[$m]}" --epochs "$epochs" "${RECIPE[@]}" \
       "${DATA[@]}" --out "$dir" --no-progress "$@" > "$dir.out" 2>&1
   echo "   $m ($epochs epochs) exit $?: $(tail -n 1 "$dir.out" | cut -c1-300)"
 }
 
-echo "== one diagnosis first: DRNet training steps with and without cuDNN (docs/BENCHMARKS.md \"GPU path\")"
-for flag in --cudnn --no-cudnn; do
-  timeout 90 $PY -m bench.train_throughput --batch 256 --warmup 1 --repeats 2 $flag --json > "$OUT/train$flag.json"
-  echo "   train_throughput $flag exit $?: $($PY -c 'import json, sys; r = json.load(open(sys.argv[1]))["rows"]; print({x["model"]: round(x["ms_per_step"]) for x in r}, "ms/step")' "$OUT/train$flag.json" 2>&1 | tail -n 1)"
-done
-
-# Where a DRNet training step spends its time (cuDNN plan building shows up as CPU time in the
-# convolution ops); the full table stays in $OUT, its top lines go to the log.
-timeout 120 $PY -m bench.breakdown --train --batches 256 --rows 12 > "$OUT/breakdown-train.txt" 2>&1
-echo "   breakdown --train exit $?:"; grep -A 16 -- "-- drnet" "$OUT/breakdown-train.txt" | cut -c1-150
-
-# The DRNet trains with whichever setting gave it the shorter step (cuDNN unless --no-cudnn won);
-# the baselines keep cuDNN, whose plans they build once for their one batch shape.
-DRNET_CUDNN=$($PY - "$OUT" <<'EOF'
-import json, sys
-def drnet_ms(flag):
-    try:
-        rows = json.load(open(f"{sys.argv[1]}/train{flag}.json"))["rows"]
-        return next(r["ms_per_step"] for r in rows if r["model"] == "drnet")
-    except (OSError, ValueError, KeyError, StopIteration):
-        return float("inf")
-print("--no-cudnn" if drnet_ms("--no-cudnn") < drnet_ms("--cudnn") else "--cudnn")
-EOF
-)
-declare -A EXEC=([drnet]=$DRNET_CUDNN [dense]=--cudnn [mobilenetv2]=--cudnn)
-echo "   the DRNet trains with $DRNET_CUDNN"
-
-echo "== probe: 2 epochs of $PROBE_IMAGES images per model, all at once (the 2nd is timed: no warm-up in it)"
-pids=()  # waited for by pid: a bare `wait` would also wait for the log's tee
-for m in "${MODELS[@]}"; do train "$m" 2 "$RUNS/probe-$m" --limit "$PROBE_IMAGES" "${EXEC[$m]}" & pids+=($!); done
-wait "${pids[@]}"
-per_epoch=$($PY - "$RUNS" "$PROBE_IMAGES" "${MODELS[@]}" <<'EOF'
+TRAINED=0
+if [ "$STEP_MS" -gt "${MAX_STEP_MS:-1500}" ]; then
+  echo "== 2. no training: the fastest DRNet step takes ${STEP_MS} ms"
+else
+  declare -A EXEC=([drnet]=$DRNET_EXEC [dense]= [mobilenetv2]=)
+  echo "== 2. probe: 2 epochs of $PROBE_IMAGES images per model, all at once (the 2nd is timed: no warm-up in it)"
+  pids=()  # waited for by pid: a bare `wait` would also wait for the log's tee
+  for m in "${MODELS[@]}"; do train "$m" 2 "$RUNS/probe-$m" 120 --limit "$PROBE_IMAGES" ${EXEC[$m]} & pids+=($!); done
+  wait "${pids[@]}"
+  BUDGET=$((DEADLINE - SECONDS - BENCH_RESERVE))
+  EPOCHS=$($PY - "$RUNS" "$PROBE_IMAGES" "$BUDGET" "$MAX_EPOCHS" "${MODELS[@]}" <<'EOF'
 import csv, sys
-runs, probe, models = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+runs, probe, budget, cap, models = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5:]
 times = []
 for m in models:
     try:
@@ -86,24 +98,36 @@ for m in models:
         print(f"   {m}: {times[-1]:.1f} s per 60k-image epoch", file=sys.stderr)
     except (OSError, KeyError, IndexError) as err:
         print(f"   {m}: probe failed ({err})", file=sys.stderr)
-print(max(times) if times else 0)
+        times.append(float("inf"))
+# 15 s per run for start-up and data loading, 10% slack per epoch
+print(min(cap, int((budget - 15) / (1.1 * max(times)))) if times and max(times) < float("inf") else 0)
 EOF
 )
-EPOCHS=$($PY -c "import sys; t=float(sys.argv[1]); print(max(1, min(int(sys.argv[3]), int(float(sys.argv[2]) / (1.1 * t)))) if t > 0 else 1)" "$per_epoch" "$BUDGET" "$MAX_EPOCHS")
-echo "   slowest epoch ~${per_epoch} s -> $EPOCHS epochs within ${BUDGET} s"
+  echo "   ${BUDGET} s left for training -> $EPOCHS epochs"
+  if [ "$EPOCHS" -ge 1 ]; then
+    echo "== 2. train: $EPOCHS epochs each, all at once"
+    pids=()
+    for m in "${MODELS[@]}"; do train "$m" "$EPOCHS" "$RUNS/$m" "$BUDGET" "${LIMIT_ARGS[@]}" ${EXEC[$m]} & pids+=($!); done
+    wait "${pids[@]}"
+    tar -cf "$OUT/models.tar" "$RUNS"/{drnet,dense,mobilenetv2}/{model,log.csv,args.json} "$RUNS"/*.out 2>/dev/null
+    echo "   wrote $OUT/models.tar"
+    TRAINED=1
+    for m in "${MODELS[@]}"; do
+      epochs_done=$($PY -c 'import json, sys; print(json.load(open(sys.argv[1]))["training"]["epochs_done"])' "$RUNS/$m/model/config.json" 2>/dev/null)
+      [ "$epochs_done" = "$EPOCHS" ] || TRAINED=0
+    done
+  fi
+fi
 
-echo "== train: $EPOCHS epochs each, all at once"
-pids=()
-for m in "${MODELS[@]}"; do train "$m" "$EPOCHS" "$RUNS/$m" "${LIMIT_ARGS[@]}" "${EXEC[$m]}" & pids+=($!); done
-wait "${pids[@]}"
-tar -cf "$OUT/models.tar" "$RUNS"/{drnet,dense,mobilenetv2}/{model,log.csv,args.json} "$RUNS"/*.out 2>/dev/null
-echo "   wrote $OUT/models.tar"
-
-[ "${SKIP_BENCH:-0}" = 1 ] && exit 0
-echo "== the CUDA tests"
-timeout 90 $PY -m pytest -q -p no:cacheprovider tests/test_model.py -k cuda 2>&1 | tail -n 3
-echo "== benchmarks with the new models (copied over assets/models/ of this checkout)"
-for m in "${MODELS[@]}"; do [ -f "$RUNS/$m/model/model.safetensors" ] && cp "$RUNS/$m/model/"* "assets/models/$m/"; done
-timeout "${BENCH_TIMEOUT:-150}" $PY -m bench --json ${BENCH_ARGS:-} > "$OUT/bench-gpu.json"
+if [ "$TRAINED" = 1 ]; then
+  echo "== 3. GPU benchmarks of the new models"
+  for m in "${MODELS[@]}"; do cp "$RUNS/$m/model/"* "assets/models/$m/"; done
+else
+  echo "== 3. GPU benchmarks of the shipped models (training did not finish for all three)"
+fi
+left() { local s=$((DEADLINE - SECONDS - $1)); echo $((s > 20 ? s : 20)); }  # seconds for a step, at least 20
+timeout "$(left 40)" $PY -m bench --json --only latency,masked,app,sweep > "$OUT/bench-gpu.json"
 echo "   bench exit $?"
+timeout "$(left 0)" $PY -m bench.train_throughput --batch 256 $DRNET_EXEC --json > "$OUT/train-gpu.json"
+echo "   train_throughput $DRNET_EXEC exit $?"
 date -u

@@ -94,6 +94,12 @@ def test_training_benchmark_trains_copies_only(models) -> None:
         assert not m.model.training
 
 
+def test_training_benchmark_times_a_subset_of_the_models(models) -> None:
+    result = train_throughput.run(TINY, batch=4, steps=1, models={"drnet": models["drnet"]})
+    assert [r["model"] for r in result["rows"]] == ["drnet"] and positive(result["rows"][0]["ms_per_step"])
+    assert result["train_speedup"] is None  # needs the dense supernet beside the DRNet
+
+
 def test_app_path_times_upload_prediction_and_every_attribution(models) -> None:
     result = app_path.run(TINY, models["drnet"], attribution_repeats=1)
     assert positive(result["app_path_ms"]) and positive(result["tables_ms"])
@@ -156,6 +162,7 @@ def test_bad_only_flag_is_refused_with_a_message(capsys) -> None:
         (latency, ["--repeats", "0"], "argument --repeats: must be >= 1, got 0"),
         (sweep, ["--thresholds", "0.1,2"], "argument --thresholds: must lie in [0, 1], got 2.0"),
         (train_throughput, ["--batch", "0"], "argument --batch: must be >= 1, got 0"),
+        (train_throughput, ["--models", "drnet,resnet"], "argument --models: must be a comma-separated subset"),
     ],
 )
 def test_bad_numbers_are_usage_errors_not_stack_traces(script, flags: list[str], message: str, capsys) -> None:

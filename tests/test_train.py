@@ -110,7 +110,7 @@ def test_sigkill_mid_epoch_then_resume_reproduces_the_run(data_root: Path, refer
     checkpoint = load_checkpoint(tmp_path / "model")  # the last checkpoint is intact
     assert checkpoint.training["epochs_done"] in (done - 1, done)  # killed between the two saves at worst
 
-    _train(data_root, tmp_path, "--resume", "--no-cudnn")  # how to run may change on resume, unlike the recipe
+    _train(data_root, tmp_path, "--resume", "--no-cudnn", "--layout", "nchw")  # how to run may change on resume, unlike the recipe
     _assert_same_weights(_weights(tmp_path), _weights(reference_run))
     with open(tmp_path / "log.csv") as fh:
         assert [int(r["epoch"]) for r in csv.DictReader(fh)] == list(range(1, EPOCHS + 1))
@@ -129,9 +129,10 @@ def test_training_runs_on_two_threads(data_root: Path, tmp_path: Path) -> None:
     assert metrics["epoch"] == 1 and load_checkpoint(tmp_path / "model").training["epochs_done"] == 1
 
 
-def test_no_cudnn_is_recorded_and_the_process_setting_restored(data_root: Path, tmp_path: Path) -> None:
-    assert main([*_command(data_root, tmp_path, "--no-cudnn", "--epochs", "1")[3:]]) == 0
-    assert json.loads((tmp_path / "args.json").read_text())["cudnn"] is False
+def test_execution_settings_are_recorded_and_the_process_setting_restored(data_root: Path, tmp_path: Path) -> None:
+    assert main([*_command(data_root, tmp_path, "--no-cudnn", "--layout", "nchw", "--epochs", "1")[3:]]) == 0
+    recorded = json.loads((tmp_path / "args.json").read_text())
+    assert recorded["cudnn"] is False and recorded["layout"] == "nchw"
     assert torch.backends.cudnn.enabled  # train() puts the process-wide flag back
 
 
@@ -148,6 +149,7 @@ def test_no_cudnn_is_recorded_and_the_process_setting_restored(data_root: Path, 
         (["--tau-start", "0"], "tau_start must be > 0, got 0.0"),
         (["--lr", "nan"], "lr must be > 0, got nan"),
         (["--cost-weight", "-1"], "cost_weight must be >= 0, got -1.0"),
+        (["--layout", "nhwc"], "invalid choice: 'nhwc'"),
     ],
 )
 def test_bad_flags_give_a_clear_error(
