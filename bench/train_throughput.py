@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.train_throughput", description=__doc__.split("\n\n")[0])
     add_settings_args(parser)
     parser.add_argument("--batch", type=positive_int, default=128, help="training batch size (the recipe's default)")
-    parser.add_argument("--models", type=model_names, default=MODELS, help=f"comma-separated subset of {','.join(MODELS)}")
+    parser.add_argument("--models", type=model_names, default=MODELS, help=f"subset of {','.join(MODELS)}")
     args = parser.parse_args(argv)
     settings = settings_from_args(args)
     info = machine(settings)

@@ -110,7 +110,8 @@ def test_sigkill_mid_epoch_then_resume_reproduces_the_run(data_root: Path, refer
     checkpoint = load_checkpoint(tmp_path / "model")  # the last checkpoint is intact
     assert checkpoint.training["epochs_done"] in (done - 1, done)  # killed between the two saves at worst
 
-    _train(data_root, tmp_path, "--resume", "--no-cudnn", "--layout", "nchw")  # how to run may change on resume, unlike the recipe
+    # How to run may change on resume, unlike the recipe.
+    _train(data_root, tmp_path, "--resume", "--no-cudnn", "--layout", "nchw")
     _assert_same_weights(_weights(tmp_path), _weights(reference_run))
     with open(tmp_path / "log.csv") as fh:
         assert [int(r["epoch"]) for r in csv.DictReader(fh)] == list(range(1, EPOCHS + 1))
