@@ -75,6 +75,30 @@ class Branch(nn.Module):
         return param_count(self)
 
 
+class PointwiseConv(nn.Conv2d):
+    """A bias-free 1x1 convolution that runs as a matrix product on a GPU.
+
+    A routed branch sees a new sub-batch size in nearly every training step, and cuDNN builds an
+    execution plan per new shape: seconds per DRNet step on an H100 (docs/BENCHMARKS.md "GPU path").
+    cuBLAS needs no plan. The CPU keeps oneDNN's convolution; weights are those of ``nn.Conv2d``.
+    """
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__(c_in, c_out, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pointwise_matmul(x, self.weight) if x.is_cuda else super().forward(x)
+
+
+def pointwise_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``conv2d(x, weight)`` for a 1x1 ``weight`` [O, C, 1, 1], in ``x``'s memory format."""
+    w = weight.flatten(1)  # [O, C]
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return (x.permute(0, 2, 3, 1) @ w.t()).permute(0, 3, 1, 2)  # NHWC rows x [C, O]
+    n, _, h, wd = x.shape
+    return (w @ x.reshape(n, x.shape[1], h * wd)).view(n, -1, h, wd)
+
+
 class ReLUConvBN(Branch):
     """ReLU -> conv -> BN: the preprocessing of each cell input (DARTS)."""
 
@@ -102,7 +126,7 @@ class DilConv(Branch):
             nn.Sequential(
                 nn.ReLU(inplace=False),
                 nn.Conv2d(c_in, c_in, kernel, stride, padding, dilation=dilation, groups=c_in, bias=False),
-                nn.Conv2d(c_in, c_out, 1, bias=False),
+                PointwiseConv(c_in, c_out),
                 nn.BatchNorm2d(c_out, affine=affine),
             )
         )
@@ -184,8 +208,8 @@ class FactorizedReduce(Branch):
         # DARTS runs both at stride 2, conv_1 on the map and conv_2 on the map shifted by one
         # pixel: they read exactly the even and the odd pixels, which ``from_rectified`` slices out
         # first, so both run at stride 1 (same weights, same outputs).
-        self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, bias=False)
-        self.conv_2 = nn.Conv2d(c_in, c_out - c_out // 2, 1, bias=False)
+        self.conv_1 = PointwiseConv(c_in, c_out // 2)
+        self.conv_2 = PointwiseConv(c_in, c_out - c_out // 2)
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

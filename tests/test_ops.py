@@ -16,6 +16,7 @@ from drnets.ops import (
     avg_pool_3x3_depthwise,
     create_branch,
     max_pool_3x3_separable,
+    pointwise_matmul,
 )
 
 C = 4  # channels of the test branches
@@ -114,6 +115,27 @@ def test_depthwise_avg_pool_equals_aten_avg_pool(shape: tuple[int, ...], stride:
     assert torch.allclose(fast, expected, atol=1e-6)
     if channels_last and shape[1] > 1:
         assert fast.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "sliced"])
+def test_pointwise_matmul_equals_the_1x1_convolution_and_its_gradients(layout: str) -> None:
+    """The GPU form of PointwiseConv (a matrix product; run here on the CPU) is conv2d, backward too,
+    and keeps the input's memory format."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 6, 9, 7)
+    x = {"nchw": x, "channels_last": x.contiguous(memory_format=torch.channels_last), "sliced": x[:, :, ::2, 1::2]}[layout]
+    weight = torch.randn(4, 6, 1, 1)
+    grad = torch.randn(x.shape[0], 4, *x.shape[-2:])
+    results = []
+    for fn in (torch.nn.functional.conv2d, pointwise_matmul):
+        xi, wi = x.detach().requires_grad_(), weight.clone().requires_grad_()
+        out = fn(xi, wi)
+        out.backward(grad)
+        results.append((out, xi.grad, wi.grad))
+    for expected, actual in zip(*results, strict=True):
+        assert torch.allclose(actual, expected, atol=1e-5)
+    if layout == "channels_last":
+        assert results[1][0].is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("size", [(8, 8), (7, 9), (28, 28), (5, 4)])
