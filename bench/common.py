@@ -70,8 +70,9 @@ class Settings:
     repeats: int = 7  # timed rounds; the median is reported
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
     keep_freed_memory: bool = True  # glibc reuses freed tensor memory (drnets.device.keep_freed_memory)
-    # off: PyTorch's own CUDA convolutions, no cuDNN plan per new shape (docs/BENCHMARKS.md "GPU path")
-    cudnn: bool = True
+    # True/False forces cuDNN on or off for every candidate; None: on, except for DRNet training
+    # steps on a GPU (drnets.device.cudnn_suits_training, as `drnets train` chooses)
+    cudnn: bool | None = None
 
     @property
     def torch_device(self) -> torch.device:
@@ -106,8 +107,8 @@ def add_settings_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads")
     parser.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
                         help="let glibc reuse freed memory instead of page-faulting new maps in (default: on)")  # fmt: skip
-    parser.add_argument("--cudnn", action=argparse.BooleanOptionalAction, default=True,
-                        help="use cuDNN for convolutions on a GPU (default: on)")  # fmt: skip
+    parser.add_argument("--cudnn", action=argparse.BooleanOptionalAction, default=None,
+                        help="force cuDNN on or off on a GPU (default: off only for DRNet training steps)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 
 
@@ -136,7 +137,8 @@ def settings_from_args(args: argparse.Namespace, quick: bool = False) -> Setting
 
 def apply_process_settings(settings: Settings) -> None:
     """Threads, allocator, cuDNN: they hold for the whole process, so every candidate runs under the same ones."""
-    torch.backends.cudnn.enabled = settings.cudnn
+    if settings.cudnn is not None:
+        torch.backends.cudnn.enabled = settings.cudnn
     if settings.threads:
         torch.set_num_threads(settings.threads)
     if settings.keep_freed_memory:

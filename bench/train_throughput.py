@@ -7,7 +7,7 @@ interleaved round-robin; weights start from the checkpoints when present (only t
 speed is measured, the copies are thrown away).
 
     python -m bench.train_throughput --batch 128
-    python -m bench.train_throughput --models drnet --no-cudnn   # one model, one GPU setting
+    python -m bench.train_throughput --models drnet --cudnn   # one model, cuDNN forced on (GPU)
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from drnets.argtypes import positive_int
+from drnets.device import cudnn_enabled, cudnn_suits_training
 from drnets.model import DRNet
 from drnets.train import TrainConfig, build_optimizer, training_loss
 
@@ -99,13 +100,15 @@ def trainer(
     recipe = TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__})
     optimizer, _ = build_optimizer(recipe, model, total_steps=10**6)
     scaler = torch.amp.GradScaler(enabled=settings.amp and settings.device.startswith("cuda"))
+    use_cudnn = cudnn_suits_training(model, settings.torch_device) if settings.cudnn is None else settings.cudnn
 
     def step(x: torch.Tensor, labels: torch.Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
-        with autocast(settings):
-            logits, trace = model(x)
-            loss, _ = training_loss(model, logits, trace, labels, recipe, x.shape[-2], x.shape[-1])
-        scaler.scale(loss).backward()
+        with cudnn_enabled(use_cudnn):
+            with autocast(settings):
+                logits, trace = model(x)
+                loss, _ = training_loss(model, logits, trace, labels, recipe, x.shape[-2], x.shape[-1])
+            scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         flops[loaded.name] = float(trace.flops.double().mean())

@@ -93,8 +93,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--log-every", type=positive_int, default=d.log_every)
     g = p.add_argument_group("execution")
     g.add_argument("--cudnn", action=argparse.BooleanOptionalAction, default=d.cudnn,
-                   help="CUDA: use cuDNN's convolutions (default); --no-cudnn uses PyTorch's own")  # fmt: skip
-    g.add_argument("--layout", choices=LAYOUTS, default=d.layout, help="CUDA: memory format (default: channels_last)")
+                   help="CUDA: force cuDNN's convolutions on or off (default: off for a routed DRNet only)")  # fmt: skip
+    g.add_argument("--layout", choices=LAYOUTS, default=d.layout,
+                   help="CUDA: memory format (default: channels_last with cuDNN, else nchw)")  # fmt: skip
     p.set_defaults(func=cmd_train)
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import platform
+from collections.abc import Iterator
 
 import torch
+from torch import nn
 
 
 def pick_device(preferred: str | None = None) -> torch.device:
@@ -19,6 +22,27 @@ def describe(device: torch.device) -> str:
         return f"GPU: {torch.cuda.get_device_name(device)}"
     n = torch.get_num_threads()
     return f"CPU ({n} thread{'' if n == 1 else 's'})"
+
+
+def cudnn_suits_training(model: nn.Module, device: torch.device) -> bool:
+    """Whether cuDNN should run this model's convolutions in training (``--cudnn`` left unset).
+
+    Not for a routed DRNet on a GPU: routing hands each branch a new sub-batch size in nearly
+    every step, and cuDNN builds an execution plan per new shape, seconds per step on an H100
+    (docs/BENCHMARKS.md "GPU path"). Fixed-shape models (the dense supernet, MobileNetV2) keep it.
+    """
+    return not (device.type == "cuda" and getattr(getattr(model, "config", None), "dynamic", False))
+
+
+@contextlib.contextmanager
+def cudnn_enabled(enabled: bool) -> Iterator[None]:
+    """Switch cuDNN (a process-wide flag) for the block only."""
+    previous = torch.backends.cudnn.enabled
+    torch.backends.cudnn.enabled = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.enabled = previous
 
 
 # glibc <malloc.h>: mallopt parameter numbers.

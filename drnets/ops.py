@@ -103,10 +103,11 @@ class ReLUConvBN(Branch):
     """ReLU -> conv -> BN: the preprocessing of each cell input (DARTS)."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, affine: bool = True):
+        pointwise = (kernel, stride, padding) == (1, 1, 0)
         super().__init__(
             nn.Sequential(
                 nn.ReLU(inplace=False),
-                nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False),
+                PointwiseConv(c_in, c_out) if pointwise else nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=False),
                 nn.BatchNorm2d(c_out, affine=affine),
             )
         )

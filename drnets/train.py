@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from .checkpoint import atomic_write, atomic_write_text, save_checkpoint
 from .data import ImageSet, augment, load_dataset, normalization, to_input
-from .device import pick_device
+from .device import cudnn_suits_training, pick_device
 from .model import DRNet, create_model
 
 STATE_FILE = "train_state.pt"
@@ -80,18 +80,17 @@ class TrainConfig:
     limit: int | None = None  # train on the first N images only (smoke tests)
     model_overrides: str = "{}"  # JSON dict of model-config overrides, e.g. '{"channels": 16}'
     log_every: int = 50
-    # CUDA only, how to run rather than what to learn: False trains with PyTorch's own convolutions
-    # instead of cuDNN's, which may build a new plan for every new sub-batch shape the routes make
-    # (docs/BENCHMARKS.md "GPU path"; scripts/gpu_build.sh picks whichever trains the DRNet faster).
-    cudnn: bool = True
-    # CUDA only: "channels_last" (NHWC) or "nchw" maps and weights. cuDNN takes every channels_last
-    # depthwise conv, NCHW ones may go to PyTorch's own depthwise kernel; the CPU trains NCHW either way.
-    layout: str = "channels_last"
+    # CUDA only, how to run rather than what to learn: True/False forces cuDNN's convolutions on or
+    # off; None leaves them off for a routed DRNet only (drnets.device.cudnn_suits_training).
+    cudnn: bool | None = None
+    # CUDA only: "channels_last" (NHWC) or "nchw" maps and weights; None follows the convolutions:
+    # NHWC for cuDNN, NCHW for PyTorch's own kernels, which take NCHW only. The CPU trains NCHW.
+    layout: str | None = None
 
     def __post_init__(self) -> None:
         if self.cost_scaling not in COST_SCALINGS:
             raise ValueError(f"cost_scaling must be one of {', '.join(COST_SCALINGS)}, got {self.cost_scaling!r}")
-        if self.layout not in LAYOUTS:
+        if self.layout is not None and self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if self.difficulty_by not in DIFFICULTY_RANKINGS:
             raise ValueError(
@@ -321,13 +320,12 @@ def _load_state(path: Path, cfg: TrainConfig) -> dict[str, Any]:
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train one model; returns the final epoch's metrics. Writes ``cfg.out/`` on rank 0."""
     ctx = DistributedContext()
-    cudnn_enabled = torch.backends.cudnn.enabled
-    torch.backends.cudnn.enabled = cfg.cudnn
+    cudnn_before = torch.backends.cudnn.enabled  # fit() sets the flag for its model; the caller's comes back
     try:
         _, history = fit(cfg, ctx, resume, progress)
         return history[-1] if history else {}
     finally:
-        torch.backends.cudnn.enabled = cudnn_enabled
+        torch.backends.cudnn.enabled = cudnn_before
         ctx.close()
 
 
@@ -344,7 +342,8 @@ def fit(
     channels, h, w = data.images.shape[-1], data.images.shape[1], data.images.shape[2]
     mean, std = normalization(cfg.data, channels)
     model = build_model(cfg, data).to(ctx.device)
-    nhwc = ctx.device.type == "cuda" and cfg.layout == "channels_last"
+    torch.backends.cudnn.enabled = cfg.cudnn if cfg.cudnn is not None else cudnn_suits_training(model, ctx.device)
+    nhwc = ctx.device.type == "cuda" and (cfg.layout == "channels_last" if cfg.layout else torch.backends.cudnn.enabled)
     if nhwc:
         model = model.to(memory_format=torch.channels_last)
     per_epoch = steps_per_epoch(len(data), ctx.world_size, cfg.batch_size)

@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # One lent-GPU session's work, in one device call that ends by DEADLINE seconds:
 #
-#   1. diagnose: time DRNet training steps under the four GPU execution settings (cuDNN on/off x
-#      channels_last/NCHW; docs/BENCHMARKS.md "GPU path"), profile one training step, run the CUDA tests;
-#   2. train the three shipped models side by side, the DRNet with the fastest setting (the baselines
-#      keep cuDNN + channels_last: one batch shape, one plan each), for as many epochs as fit; skipped
-#      when even the fastest DRNet step is too slow to train in the time left;
+#   1. time training steps of the three models at batch 256 and profile the DRNet's, run the CUDA tests;
+#   2. train the three shipped models side by side for as many epochs as fit (skipped when the DRNet
+#      step is too slow). `drnets train` leaves cuDNN off for the routed DRNet only, which the first
+#      H100 session found spending seconds per step building cuDNN plans (docs/BENCHMARKS.md "GPU path");
 #   3. benchmark on the GPU: inference (latency, masked, app path, threshold sweep) and training
 #      throughput, with the new models when step 2 ran (copied over assets/models/ of this checkout).
 #
@@ -14,9 +13,9 @@
 # MAX_EPOCHS. Every model gets the same epochs and recipe; each run's command is in runs-gpu/M/args.json.
 #
 # Env:   DEADLINE (s, default 530), MAX_EPOCHS (30), DATA_ROOT (Fashion-MNIST idx folder), LIMIT (train
-#        on the first N images; smoke runs only), OUT (where results go), DIAG_TIMEOUT (s per setting,
-#        40), MAX_STEP_MS (slowest DRNet step worth training, 1500), PY.
-# Leaves: $OUT/log.txt, $OUT/train--*.json and $OUT/breakdown-train.txt (diagnosis), $OUT/models.tar
+#        on the first N images; smoke runs only), OUT (where results go), DIAG_TIMEOUT (s, 60),
+#        MAX_STEP_MS (slowest DRNet step worth training, 1500), PY.
+# Leaves: $OUT/log.txt, $OUT/train-steps.json and $OUT/breakdown-train.txt (step 1), $OUT/models.tar
 #         (runs-gpu/M/{model/,log.csv,args.json}), $OUT/bench-gpu.json, $OUT/train-gpu.json
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +26,7 @@ MAX_EPOCHS=${MAX_EPOCHS:-30}
 DATA=(--data fashion-mnist ${DATA_ROOT:+--data-root "$DATA_ROOT"})
 LIMIT_ARGS=(${LIMIT:+--limit "$LIMIT"})
 PROBE_IMAGES=${PROBE_IMAGES:-5120}
-BENCH_RESERVE=150  # seconds kept for step 3
+BENCH_RESERVE=${BENCH_RESERVE:-150}  # seconds kept for step 3
 RUNS=runs-gpu
 MODELS=(drnet dense mobilenetv2)
 # The shipped architectures and recipe (docs/MODELS.md; lambda and the difficulty spread act on the
@@ -42,31 +41,12 @@ export OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1
 echo "== machine"; date -u; nvidia-smi -L 2>/dev/null
 $PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "cudnn", torch.backends.cudnn.version())'
 
-echo "== 1. DRNet training steps (batch 256) under each GPU execution setting"
-for cudnn in --cudnn --no-cudnn; do
-  for layout in channels_last nchw; do
-    timeout "${DIAG_TIMEOUT:-40}" $PY -m bench.train_throughput --models drnet --batch 256 --warmup 2 --repeats 3 \
-        $cudnn --layout $layout --json > "$OUT/train$cudnn-$layout.json"
-    echo "   $cudnn --layout $layout exit $?: $($PY -c 'import json, sys; print(round(json.load(open(sys.argv[1]))["rows"][0]["ms_per_step"]), "ms/step")' "$OUT/train$cudnn-$layout.json" 2>&1 | tail -n 1)"
-  done
-done
-read -r DRNET_EXEC STEP_MS < <($PY - "$OUT" <<'EOF'
-import glob, json, sys
-steps = {}
-for path in glob.glob(f"{sys.argv[1]}/train--*.json"):
-    try:
-        steps[path] = json.load(open(path))["rows"][0]["ms_per_step"]
-    except (OSError, ValueError, KeyError, IndexError):
-        pass
-best = min(steps, key=steps.get, default="none")
-cudnn, layout = best.rsplit("/", 1)[-1].removeprefix("train").removesuffix(".json").rpartition("-")[::2]
-print(f"{cudnn}:--layout:{layout}" if steps else "-", round(steps.get(best, 1e9)))
-EOF
-)
-DRNET_EXEC=${DRNET_EXEC//:/ }; [ "$DRNET_EXEC" = - ] && DRNET_EXEC=""
-echo "   fastest: $DRNET_EXEC (${STEP_MS} ms/step)"
-timeout 50 $PY -m bench.breakdown --train --batches 256 --rows 12 > "$OUT/breakdown-train.txt" 2>&1
-echo "   breakdown --train (defaults) exit $?:"; grep -A 16 -- "-- drnet" "$OUT/breakdown-train.txt" | cut -c1-150
+echo "== 1. training steps at batch 256 (cuDNN off for the DRNet only: drnets.device.cudnn_suits_training)"
+timeout "${DIAG_TIMEOUT:-60}" $PY -m bench.train_throughput --batch 256 --layout nchw --warmup 2 --repeats 5 --json > "$OUT/train-steps.json"
+echo "   exit $?: $($PY -c 'import json, sys; print({r["model"]: round(r["ms_per_step"]) for r in json.load(open(sys.argv[1]))["rows"]}, "ms/step")' "$OUT/train-steps.json" 2>&1 | tail -n 1)"
+STEP_MS=$($PY -c 'import json, sys; print(round(json.load(open(sys.argv[1]))["rows"][0]["ms_per_step"]))' "$OUT/train-steps.json" 2>/dev/null || echo 1000000000)
+timeout 50 $PY -m bench.breakdown --train --batches 256 --layout nchw --rows 12 > "$OUT/breakdown-train.txt" 2>&1
+echo "   breakdown --train exit $?:"; grep -A 16 -- "-- drnet" "$OUT/breakdown-train.txt" | cut -c1-150
 echo "== the CUDA tests"
 timeout 45 $PY -m pytest -q -p no:cacheprovider tests/test_model.py -k cuda 2>&1 | tail -n 3
 
@@ -79,23 +59,23 @@ train() {  # train MODEL EPOCHS OUTDIR SECONDS [extra args]; stopped after SECON
 
 TRAINED=0
 if [ "$STEP_MS" -gt "${MAX_STEP_MS:-1500}" ]; then
-  echo "== 2. no training: the fastest DRNet step takes ${STEP_MS} ms"
+  echo "== 2. no training: a DRNet step takes ${STEP_MS} ms"
 else
-  declare -A EXEC=([drnet]=$DRNET_EXEC [dense]= [mobilenetv2]=)
   echo "== 2. probe: 2 epochs of $PROBE_IMAGES images per model, all at once (the 2nd is timed: no warm-up in it)"
   pids=()  # waited for by pid: a bare `wait` would also wait for the log's tee
-  for m in "${MODELS[@]}"; do train "$m" 2 "$RUNS/probe-$m" 120 --limit "$PROBE_IMAGES" ${EXEC[$m]} & pids+=($!); done
+  for m in "${MODELS[@]}"; do train "$m" 2 "$RUNS/probe-$m" 120 --limit "$PROBE_IMAGES" & pids+=($!); done
   wait "${pids[@]}"
   BUDGET=$((DEADLINE - SECONDS - BENCH_RESERVE))
-  EPOCHS=$($PY - "$RUNS" "$PROBE_IMAGES" "$BUDGET" "$MAX_EPOCHS" "${MODELS[@]}" <<'EOF'
+  EPOCHS=$($PY - "$RUNS" "$PROBE_IMAGES" "${LIMIT:-60000}" "$BUDGET" "$MAX_EPOCHS" "${MODELS[@]}" <<'EOF'
 import csv, sys
-runs, probe, budget, cap, models = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5:]
+runs, probe, images, budget, cap = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+models = sys.argv[6:]
 times = []
 for m in models:
     try:
         rows = list(csv.DictReader(open(f"{runs}/probe-{m}/log.csv")))
-        times.append(float(rows[-1]["seconds"]) * 60000 / probe)
-        print(f"   {m}: {times[-1]:.1f} s per 60k-image epoch", file=sys.stderr)
+        times.append(float(rows[-1]["seconds"]) * images / probe)
+        print(f"   {m}: {times[-1]:.1f} s per {images}-image epoch", file=sys.stderr)
     except (OSError, KeyError, IndexError) as err:
         print(f"   {m}: probe failed ({err})", file=sys.stderr)
         times.append(float("inf"))
@@ -107,7 +87,7 @@ EOF
   if [ "$EPOCHS" -ge 1 ]; then
     echo "== 2. train: $EPOCHS epochs each, all at once"
     pids=()
-    for m in "${MODELS[@]}"; do train "$m" "$EPOCHS" "$RUNS/$m" "$BUDGET" "${LIMIT_ARGS[@]}" ${EXEC[$m]} & pids+=($!); done
+    for m in "${MODELS[@]}"; do train "$m" "$EPOCHS" "$RUNS/$m" "$BUDGET" "${LIMIT_ARGS[@]}" & pids+=($!); done
     wait "${pids[@]}"
     tar -cf "$OUT/models.tar" "$RUNS"/{drnet,dense,mobilenetv2}/{model,log.csv,args.json} "$RUNS"/*.out 2>/dev/null
     echo "   wrote $OUT/models.tar"
@@ -128,6 +108,6 @@ fi
 left() { local s=$((DEADLINE - SECONDS - $1)); echo $((s > 20 ? s : 20)); }  # seconds for a step, at least 20
 timeout "$(left 40)" $PY -m bench --json --only latency,masked,app,sweep > "$OUT/bench-gpu.json"
 echo "   bench exit $?"
-timeout "$(left 0)" $PY -m bench.train_throughput --batch 256 $DRNET_EXEC --json > "$OUT/train-gpu.json"
-echo "   train_throughput $DRNET_EXEC exit $?"
+timeout "$(left 0)" $PY -m bench.train_throughput --batch 256 --layout nchw --json > "$OUT/train-gpu.json"
+echo "   train_throughput exit $?"
 date -u

@@ -7,7 +7,7 @@ import resource
 import pytest
 import torch
 
-from drnets.device import has_glibc, keep_freed_memory
+from drnets.device import cudnn_enabled, cudnn_suits_training, has_glibc, keep_freed_memory
 from drnets.model import create_model
 
 
@@ -30,3 +30,19 @@ def test_a_batched_forward_stops_page_faulting_once_warm() -> None:
             model(x)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     assert faults < 1500, f"{faults} page faults in three warm forwards (about 15,000 without the setting)"
+
+
+@pytest.mark.parametrize(("name", "on_gpu"), [("drnet", False), ("dense", True), ("mobilenetv2", True)])
+def test_cudnn_trains_every_model_but_a_routed_drnet_on_a_gpu(tiny_model, name: str, on_gpu: bool) -> None:
+    """Only routing makes new sub-batch shapes each step; the CPU never uses cuDNN, so it is left on."""
+    model = tiny_model(name)
+    assert cudnn_suits_training(model, torch.device("cpu"))
+    assert cudnn_suits_training(model, torch.device("cuda")) is on_gpu
+
+
+def test_cudnn_switch_holds_for_the_block_only() -> None:
+    before = torch.backends.cudnn.enabled
+    with pytest.raises(RuntimeError), cudnn_enabled(not before):
+        assert torch.backends.cudnn.enabled is not before
+        raise RuntimeError("the flag comes back on errors too")
+    assert torch.backends.cudnn.enabled is before
