@@ -104,10 +104,11 @@ class ReLUConvBN(Branch):
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, affine: bool = True):
         pointwise = (kernel, stride, padding) == (1, 1, 0)
+        conv = PointwiseConv(c_in, c_out) if pointwise else nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=False)
         super().__init__(
             nn.Sequential(
                 nn.ReLU(inplace=False),
-                PointwiseConv(c_in, c_out) if pointwise else nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=False),
+                conv,
                 nn.BatchNorm2d(c_out, affine=affine),
             )
         )

@@ -123,7 +123,8 @@ def test_pointwise_matmul_equals_the_1x1_convolution_and_its_gradients(layout: s
     and keeps the input's memory format."""
     torch.manual_seed(0)
     x = torch.randn(5, 6, 9, 7)
-    x = {"nchw": x, "channels_last": x.contiguous(memory_format=torch.channels_last), "sliced": x[:, :, ::2, 1::2]}[layout]
+    forms = {"nchw": x, "channels_last": x.contiguous(memory_format=torch.channels_last), "sliced": x[..., ::2, 1::2]}
+    x = forms[layout]
     weight = torch.randn(4, 6, 1, 1)
     grad = torch.randn(x.shape[0], 4, *x.shape[-2:])
     results = []
