@@ -17,7 +17,7 @@ from torch import nn
 
 from .cell import Cell, Execution
 from .cost import CostTable, static_cost_table
-from .ops import PRIMITIVES, Pool, param_count, sequential_flops
+from .ops import PRIMITIVES, MatmulConv2d, Pool, param_count, sequential_flops
 from .router import RoutingPolicy, pool_maps
 from .trace import RoutingTrace
 
@@ -87,9 +87,7 @@ class DRNet(nn.Module):
         self.temperature = 1.0  # Gumbel-Softmax temperature; the trainer anneals it
         self.execution: Execution = "sparse"
         c_stem = config.stem_multiplier * config.channels
-        self.stem = nn.Sequential(
-            nn.Conv2d(config.in_channels, c_stem, 3, padding=1, bias=False), nn.BatchNorm2d(c_stem)
-        )
+        self.stem = nn.Sequential(MatmulConv2d(config.in_channels, c_stem, 3, padding=1), nn.BatchNorm2d(c_stem))
         c_pp, c_p, c = c_stem, c_stem, config.channels
         cells, reduction_prev = [], False
         for i in range(config.num_cells):

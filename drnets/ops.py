@@ -75,40 +75,54 @@ class Branch(nn.Module):
         return param_count(self)
 
 
-class PointwiseConv(nn.Conv2d):
-    """A bias-free 1x1 convolution that runs as a matrix product on a GPU.
+class MatmulConv2d(nn.Conv2d):
+    """A bias-free, ungrouped convolution that runs as a matrix product on a GPU.
 
     A routed branch sees a new sub-batch size in nearly every training step, and cuDNN builds an
-    execution plan per new shape: seconds per DRNet step on an H100 (docs/BENCHMARKS.md "GPU path").
-    cuBLAS needs no plan. The CPU keeps oneDNN's convolution; weights are those of ``nn.Conv2d``.
+    execution plan per new shape: seconds per DRNet step on an H100, so DRNet training runs without
+    cuDNN there, where PyTorch's fallback convolution loops over the samples (docs/BENCHMARKS.md
+    "GPU path"). cuBLAS needs neither. The CPU keeps oneDNN; the weights are ``nn.Conv2d``'s.
     """
 
-    def __init__(self, c_in: int, c_out: int):
-        super().__init__(c_in, c_out, 1, bias=False)
+    def __init__(self, c_in: int, c_out: int, kernel: int = 1, stride: int = 1, padding: int = 0, dilation: int = 1):
+        super().__init__(c_in, c_out, kernel, stride, padding, dilation, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pointwise_matmul(x, self.weight) if x.is_cuda else super().forward(x)
+        if not x.is_cuda:
+            return super().forward(x)
+        return conv_matmul(x, self.weight, self.stride, self.padding, self.dilation)
 
 
-def pointwise_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``conv2d(x, weight)`` for a 1x1 ``weight`` [O, C, 1, 1], in ``x``'s memory format."""
-    w = weight.flatten(1)  # [O, C]
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return (x.permute(0, 2, 3, 1) @ w.t()).permute(0, 3, 1, 2)  # NHWC rows x [C, O]
+def conv_matmul(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: tuple[int, int] = (1, 1),
+    padding: tuple[int, int] = (0, 0),
+    dilation: tuple[int, int] = (1, 1),
+) -> torch.Tensor:
+    """``conv2d(x, weight, None, stride, padding, dilation)`` for an ungrouped ``weight`` [O, C, kh, kw]
+    as one batched matrix product (im2col by ``unfold`` unless 1x1); a channels_last 1x1 stays channels_last."""
+    w = weight.flatten(1)  # [O, C*kh*kw]
     n, _, h, wd = x.shape
-    return (w @ x.reshape(n, x.shape[1], h * wd)).view(n, -1, h, wd)
+    kh, kw = weight.shape[-2:]
+    if (kh, kw, *stride, *padding) == (1, 1, 1, 1, 0, 0):
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            return (x.permute(0, 2, 3, 1) @ w.t()).permute(0, 3, 1, 2)  # NHWC rows x [C, O]
+        return (w @ x.reshape(n, x.shape[1], h * wd)).view(n, -1, h, wd)
+    h_out = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    w_out = (wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    columns = nn.functional.unfold(x, (kh, kw), dilation, padding, stride)  # [N, C*kh*kw, h_out*w_out]
+    return (w @ columns).view(n, -1, h_out, w_out)
 
 
 class ReLUConvBN(Branch):
     """ReLU -> conv -> BN: the preprocessing of each cell input (DARTS)."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, affine: bool = True):
-        pointwise = (kernel, stride, padding) == (1, 1, 0)
-        conv = PointwiseConv(c_in, c_out) if pointwise else nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=False)
         super().__init__(
             nn.Sequential(
                 nn.ReLU(inplace=False),
-                conv,
+                MatmulConv2d(c_in, c_out, kernel, stride, padding),
                 nn.BatchNorm2d(c_out, affine=affine),
             )
         )
@@ -128,7 +142,7 @@ class DilConv(Branch):
             nn.Sequential(
                 nn.ReLU(inplace=False),
                 nn.Conv2d(c_in, c_in, kernel, stride, padding, dilation=dilation, groups=c_in, bias=False),
-                PointwiseConv(c_in, c_out),
+                MatmulConv2d(c_in, c_out),
                 nn.BatchNorm2d(c_out, affine=affine),
             )
         )
@@ -210,8 +224,8 @@ class FactorizedReduce(Branch):
         # DARTS runs both at stride 2, conv_1 on the map and conv_2 on the map shifted by one
         # pixel: they read exactly the even and the odd pixels, which ``from_rectified`` slices out
         # first, so both run at stride 1 (same weights, same outputs).
-        self.conv_1 = PointwiseConv(c_in, c_out // 2)
-        self.conv_2 = PointwiseConv(c_in, c_out - c_out // 2)
+        self.conv_1 = MatmulConv2d(c_in, c_out // 2)
+        self.conv_2 = MatmulConv2d(c_in, c_out - c_out // 2)
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

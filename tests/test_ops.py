@@ -14,9 +14,9 @@ from drnets.ops import (
     FactorizedReduce,
     ReLUConvBN,
     avg_pool_3x3_depthwise,
+    conv_matmul,
     create_branch,
     max_pool_3x3_separable,
-    pointwise_matmul,
 )
 
 C = 4  # channels of the test branches
@@ -117,25 +117,37 @@ def test_depthwise_avg_pool_equals_aten_avg_pool(shape: tuple[int, ...], stride:
         assert fast.is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("layout", ["nchw", "channels_last", "sliced"])
-def test_pointwise_matmul_equals_the_1x1_convolution_and_its_gradients(layout: str) -> None:
-    """The GPU form of PointwiseConv (a matrix product; run here on the CPU) is conv2d, backward too,
-    and keeps the input's memory format."""
+@pytest.mark.parametrize(
+    ("layout", "kernel", "stride", "padding", "dilation"),
+    [
+        ("nchw", 1, 1, 0, 1),
+        ("channels_last", 1, 1, 0, 1),
+        ("sliced", 1, 1, 0, 1),
+        ("nchw", 3, 1, 1, 1),  # the stem
+        ("channels_last", 3, 2, 1, 1),
+        ("nchw", 5, 1, 4, 2),
+    ],
+)
+def test_conv_matmul_equals_conv2d_and_its_gradients(
+    layout: str, kernel: int, stride: int, padding: int, dilation: int
+) -> None:
+    """The GPU form of MatmulConv2d (a matrix product; run here on the CPU) is conv2d, backward too,
+    and a 1x1 keeps the input's memory format."""
     torch.manual_seed(0)
     x = torch.randn(5, 6, 9, 7)
     forms = {"nchw": x, "channels_last": x.contiguous(memory_format=torch.channels_last), "sliced": x[..., ::2, 1::2]}
     x = forms[layout]
-    weight = torch.randn(4, 6, 1, 1)
-    grad = torch.randn(x.shape[0], 4, *x.shape[-2:])
+    weight = torch.randn(4, 6, kernel, kernel)
+    geometry = {"stride": (stride, stride), "padding": (padding, padding), "dilation": (dilation, dilation)}
     results = []
-    for fn in (torch.nn.functional.conv2d, pointwise_matmul):
+    for fn in (torch.nn.functional.conv2d, conv_matmul):
         xi, wi = x.detach().requires_grad_(), weight.clone().requires_grad_()
-        out = fn(xi, wi)
-        out.backward(grad)
+        out = fn(xi, wi, **geometry)
+        out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
         results.append((out, xi.grad, wi.grad))
     for expected, actual in zip(*results, strict=True):
-        assert torch.allclose(actual, expected, atol=1e-5)
-    if layout == "channels_last":
+        assert actual.shape == expected.shape and torch.allclose(actual, expected, atol=1e-4)
+    if layout == "channels_last" and kernel == 1:
         assert results[1][0].is_contiguous(memory_format=torch.channels_last)
 
 
