@@ -74,6 +74,7 @@ def test_every_page_runs_on_the_default_sample(models_dir: Path) -> None:
     at.switch_page("views/explorer.py").run()
     assert_clean(at)
     assert "Headline" in texts(at) and "cheapest" in texts(at)
+    assert "10,000 test images of Fashion-MNIST" in texts(at)
     at.switch_page("views/teaching.py").run()
     assert_clean(at)
 

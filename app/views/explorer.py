@@ -7,6 +7,7 @@ import streamlit as st
 
 from app import figures, state, ui
 from app.services import LABELS, MODEL_NAMES, ModelSet, eval_command, load_eval, load_models, run_pixels
+from drnets.data import DATASET_TITLES
 from drnets.evaluate import describe_difficulty
 
 ALL_CELLS = "all cells"
@@ -29,7 +30,8 @@ def main() -> None:
         st.code(eval_command(models, "drnet"), language="bash", wrap_lines=True)
         return
     st.caption(
-        f"{drnet['n']} {drnet['split']} images of {drnet['dataset']}; DRNet at its evaluation threshold "
+        f"{drnet['n']:,} {drnet['split']} images of {DATASET_TITLES.get(drnet['dataset'], drnet['dataset'])}; "
+        "DRNet at its evaluation threshold "
         f"t = {drnet['threshold']:.2f}" + (f", top-k {drnet['top_k']}" if drnet.get("top_k") else "") + "."
     )
     with ui.guard("building the headline table"):
