@@ -15,6 +15,11 @@
 # Env:   DEADLINE (s, default 530), MAX_EPOCHS (30), DATA_ROOT (Fashion-MNIST idx folder), LIMIT (train
 #        on the first N images; smoke runs only), OUT (where results go), DIAG_TIMEOUT (s, 60),
 #        MAX_STEP_MS (slowest DRNet step worth training, 1500), PY.
+# Lent machines here lack captum and the data: keep them in git-ignored folders of the checkout
+# (`pip download captum==0.9.0 --no-deps -d .whl`, `cp -r /usr/share/datasets/fashion-mnist .devdata/`),
+# carry both, and run: python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
+#   export PYTHONPATH=/tmp/site; mkdir -p /usr/share/datasets && cp -r .devdata/fashion-mnist /usr/share/datasets/ &&
+#   OUT=$OUT scripts/gpu_build.sh
 # Leaves: $OUT/log.txt, $OUT/train-steps.json and $OUT/breakdown-train.txt (step 1), $OUT/models.tar
 #         (runs-gpu/M/{model/,log.csv,args.json}), $OUT/bench-gpu.json, $OUT/train-gpu.json
 set -uo pipefail
