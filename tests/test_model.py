@@ -133,3 +133,41 @@ def test_cuda_matches_cpu(tiny_model, mixed_batch, name: str, monkeypatch) -> No
     torch.testing.assert_close(gpu_logits.cpu(), cpu_logits, atol=1e-4, rtol=1e-4)
     assert torch.equal(gpu_trace.ran.cpu(), cpu_trace.ran)
     assert torch.equal(gpu_trace.flops.cpu(), cpu_trace.flops)
+
+
+def _gpu_form(conv, x: torch.Tensor) -> torch.Tensor:
+    from drnets.ops import conv_matmul
+
+    return conv_matmul(x, conv.weight, conv.stride, conv.padding, conv.dilation)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("name", ["drnet", "dense"])
+def test_gpu_convolution_form_trains_like_the_cpu_one(
+    tiny_model, mixed_batch, name: str, channels_last: bool, monkeypatch
+) -> None:
+    """On a GPU every MatmulConv2d runs ``conv_matmul``; here on the CPU the whole model takes that form
+    (stem by unfold, sliced FactorizedReduce inputs, routed sub-batches) and must give the same
+    logits, route and gradients as oneDNN's convolutions."""
+    from drnets.ops import MatmulConv2d
+
+    model = tiny_model(name).train()
+    x = mixed_batch(n=5)
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    results = []
+    for gpu_form in (False, True):
+        if gpu_form:
+            monkeypatch.setattr(MatmulConv2d, "forward", _gpu_form)
+        torch.manual_seed(0)  # the same Gumbel noise, so the same route
+        model.zero_grad()
+        logits, trace = model(x)
+        logits.square().mean().backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        results.append((logits.detach(), trace.ran, grads))
+    (logits_a, ran_a, grads_a), (logits_b, ran_b, grads_b) = results
+    assert torch.equal(ran_a, ran_b)
+    torch.testing.assert_close(logits_b, logits_a, atol=1e-4, rtol=1e-4)
+    assert len(grads_a) == len(grads_b) > 0
+    for ga, gb in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(gb, ga, atol=1e-4, rtol=1e-3)
