@@ -32,7 +32,11 @@ def conv_output_size(size: int, conv: nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d, a
         return v[axis] if isinstance(v, tuple) else v
 
     dilation = pick(getattr(conv, "dilation", 1))
-    kernel, stride, padding = pick(conv.kernel_size), pick(conv.stride), pick(conv.padding)
+    return output_size(size, pick(conv.kernel_size), pick(conv.stride), pick(conv.padding), dilation)
+
+
+def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
+    """PyTorch's floor formula for one axis of a convolution or pool."""
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
@@ -109,8 +113,8 @@ def conv_matmul(
         if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
             return (x.permute(0, 2, 3, 1) @ w.t()).permute(0, 3, 1, 2)  # NHWC rows x [C, O]
         return (w @ x.reshape(n, x.shape[1], h * wd)).view(n, -1, h, wd)
-    h_out = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    w_out = (wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    h_out = output_size(h, kh, stride[0], padding[0], dilation[0])
+    w_out = output_size(wd, kw, stride[1], padding[1], dilation[1])
     columns = nn.functional.unfold(x, (kh, kw), dilation, padding, stride)  # [N, C*kh*kw, h_out*w_out]
     return (w @ columns).view(n, -1, h_out, w_out)
 
