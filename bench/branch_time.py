@@ -1,0 +1,211 @@
+"""Where the routed time goes: wall-clock per kind of branch in the DRNet and the dense supernet.
+
+Every branch module gets a timer (forward hooks); the rest of a forward (stem, preprocessing,
+routers, gating, concatenation, head) is what the branches leave. The last column answers the
+question a kernel change raises for the efficiency figure (realized speedup / FLOPs ratio):
+if one kind of branch ran twice as fast in both models, where would efficiency go? A kind
+raises it only when the DRNet spends a larger share of its time on that kind than the dense
+supernet does (avg pools, for the shipped DRNet); speeding a kind the dense supernet runs far
+more often lowers it, however much time it saves both (docs/BENCHMARKS.md "Fourth round").
+The hooks add a few microseconds per branch call, more to the dense supernet (7x the calls):
+read the shares, not the absolute times, and take efficiency itself from bench.latency.
+
+    python -m bench.branch_time --batches 1,64
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import functools
+import json
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from drnets.argtypes import positive_ints
+from drnets.model import DRNet
+
+from .common import (
+    Settings,
+    add_settings_args,
+    eval_images,
+    format_table,
+    inference,
+    load_model,
+    machine,
+    prepare,
+    print_header,
+    random_init_note,
+    ratio,
+    settings_from_args,
+    synchronize,
+    to_device,
+)
+
+MODELS = ("drnet", "dense")
+OUTSIDE = "outside the branches"
+
+
+def branch_kinds(model: DRNet) -> Iterator[tuple[str, nn.Module]]:
+    """(kind, module) for every candidate branch: its name, with "/s2" where it strides."""
+    for cell in model.cells:
+        for (src, _), candidates in zip(cell.edges, cell.branches):
+            suffix = "/s2" if cell.edge_stride(src) == 2 else ""
+            for name, branch in zip(cell.branch_names, candidates):
+                yield name + suffix, branch
+
+
+@contextlib.contextmanager
+def timed_branches(model: DRNet, settings: Settings, seconds: dict[str, float]) -> Iterator[None]:
+    """Adds each branch call's wall-clock to ``seconds[kind]`` while open."""
+    handles, started = [], {}
+
+    def before(kind: str, module: nn.Module, args: Any) -> None:
+        synchronize(settings)
+        started[id(module)] = time.perf_counter()
+
+    def after(kind: str, module: nn.Module, args: Any, output: Any) -> None:
+        synchronize(settings)
+        seconds[kind] += time.perf_counter() - started.pop(id(module))
+
+    for kind, branch in branch_kinds(model):
+        handles.append(branch.register_forward_pre_hook(functools.partial(before, kind)))
+        handles.append(branch.register_forward_hook(functools.partial(after, kind)))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def run(settings: Settings, batches: tuple[int, ...] = (1, 64), images_b1: int = 16) -> dict[str, Any]:
+    settings = dataclasses.replace(settings, compile=False)  # hooks time eager modules
+    loaded = {name: load_model(name) for name in MODELS}
+    models = {name: prepare(loaded[name].model, settings) for name in MODELS}
+    data, data_note = eval_images(max(*batches, images_b1))
+    rows = []
+    for batch in batches:
+        chunks = [data.images[i : i + 1] for i in range(images_b1)] if batch == 1 else [data.images[:batch]]
+        inputs = {name: [to_device(c, loaded[name], settings) for c in chunks] for name in MODELS}
+        with inference(settings):
+            traces = [models["drnet"](x)[1] for x in inputs["drnet"]]
+            rounds = _timed_rounds(models, inputs, settings)
+        flops = float(torch.cat([t.flops for t in traces]).double().mean())
+        rows.append(_summary(batch, len(chunks) * chunks[0].shape[0], rounds, ratio(traces[0].dense_flops, flops)))
+    notes = [n for n in (data_note, random_init_note(list(loaded.values()))) if n]
+    return {"rows": rows, "models": {n: loaded[n].source for n in MODELS}, "notes": notes}
+
+
+def _timed_rounds(
+    models: dict[str, DRNet], inputs: dict[str, list[torch.Tensor]], settings: Settings
+) -> dict[str, list[dict[str, float]]]:
+    """Per model, per timed round: seconds per kind, plus "total" for the whole forward. Round-robin,
+    like ``bench.common.compare``, so load changes hit both models alike."""
+
+    def forward(name: str) -> Callable[[], None]:
+        def call() -> None:
+            for x in inputs[name]:
+                models[name](x)
+
+        return call
+
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in models}
+    for name in models:
+        for _ in range(settings.warmup):
+            forward(name)()
+    for _ in range(max(1, settings.repeats)):
+        for name, model in models.items():
+            seconds: dict[str, float] = defaultdict(float)
+            with timed_branches(model, settings, seconds):
+                start = time.perf_counter()
+                forward(name)()
+                synchronize(settings)
+                seconds["total"] = time.perf_counter() - start
+            rounds[name].append(dict(seconds))
+    return rounds
+
+
+def _summary(
+    batch: int, n_images: int, rounds: dict[str, list[dict[str, float]]], flops_ratio: float | None
+) -> dict[str, Any]:
+    """Efficiency at this batch, and one row per kind: median ms per image in each model, shares, and
+    efficiency if that kind ran 2x faster."""
+
+    def median_ms(name: str, key: str) -> float:
+        return 1e3 * statistics.median(r.get(key, 0.0) for r in rounds[name]) / n_images
+
+    total = {name: median_ms(name, "total") for name in MODELS}
+    kinds = sorted({k for name in MODELS for r in rounds[name] for k in r} - {"total"})
+    per_kind = {k: {name: median_ms(name, k) for name in MODELS} for k in kinds}
+    outside = {name: total[name] - sum(per_kind[k][name] for k in kinds) for name in MODELS}
+
+    def efficiency(saved: dict[str, float]) -> float | None:
+        """(dense / DRNet time) / FLOPs ratio, with ``saved`` ms per image taken off each model."""
+        speedup = ratio(total["dense"] - saved["dense"], total["drnet"] - saved["drnet"])
+        return ratio(speedup, flops_ratio) if speedup and flops_ratio else None
+
+    now = efficiency({name: 0.0 for name in MODELS})
+    kind_rows = []
+    for kind, ms in [*per_kind.items(), (OUTSIDE, outside)]:
+        # Outside the branches, the two models' gating and summing differ: no one factor applies to both.
+        faster = efficiency({name: ms[name] / 2 for name in MODELS}) if kind != OUTSIDE else None
+        kind_rows.append(
+            {
+                "kind": kind,
+                "drnet_ms_per_image": ms["drnet"],
+                "drnet_pct": 100 * ms["drnet"] / total["drnet"],
+                "dense_ms_per_image": ms["dense"],
+                "dense_pct": 100 * ms["dense"] / total["dense"],
+                "efficiency_if_2x_faster": faster,
+            }
+        )
+    return {
+        "batch": batch,
+        "drnet_ms_per_image": total["drnet"],
+        "dense_ms_per_image": total["dense"],
+        "flops_ratio": flops_ratio,
+        "efficiency": now,
+        "kinds": sorted(kind_rows, key=lambda r: -r["drnet_ms_per_image"]),
+    }
+
+
+def show(result: dict[str, Any]) -> None:
+    columns = [
+        "kind",
+        "drnet_ms_per_image",
+        "drnet_pct",
+        "dense_ms_per_image",
+        "dense_pct",
+        "efficiency_if_2x_faster",
+    ]
+    for row in result["rows"]:
+        print()
+        print(format_table([row], ["batch", "drnet_ms_per_image", "dense_ms_per_image", "flops_ratio", "efficiency"]))
+        print(format_table(row["kinds"], columns))
+    print("\nefficiency_if_2x_faster: (dense time / DRNet time) / FLOPs ratio with that kind at half its time in both")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.branch_time", description=__doc__.split("\n\n")[0])
+    add_settings_args(parser)
+    parser.add_argument("--batches", type=positive_ints, default=(1, 64), help="comma-separated batch sizes")
+    args = parser.parse_args(argv)
+    settings = settings_from_args(args)
+    info = machine(settings)
+    result = run(settings, args.batches)
+    if args.json:
+        print(json.dumps({"machine": info, **result}, indent=2))
+        return
+    print_header("wall-clock per kind of branch: DRNet vs dense supernet", info, result["notes"])
+    show(result)
+
+
+if __name__ == "__main__":
+    main()
