@@ -108,10 +108,7 @@ class Cell(nn.Module):
         ``inputs_rectified``: s0 and s1 already went through the ReLU that begins the
         preprocessing, so it is not applied again.
         """
-        if inputs_rectified:
-            s0, s1 = self.preprocess0.from_rectified(s0), self.preprocess1.from_rectified(s1)
-        else:
-            s0, s1 = self.preprocess0(s0), self.preprocess1(s1)
+        s0, s1 = self.preprocess0(s0, rectified=inputs_rectified), self.preprocess1(s1, rectified=inputs_rectified)
         logits = self.router.logits(context) if context is not None else self.router(s0, s1)
         weights, ran = self.route(logits, policy, temperature)
         if forced_ran is not None:

@@ -17,6 +17,7 @@ from torch import nn
 
 from .cell import Cell, Execution
 from .cost import CostTable, static_cost_table
+from .fold import LayerStack
 from .ops import PRIMITIVES, MatmulConv2d, Pool, param_count, sequential_flops
 from .router import RoutingPolicy, pool_maps
 from .trace import RoutingTrace
@@ -87,7 +88,7 @@ class DRNet(nn.Module):
         self.temperature = 1.0  # Gumbel-Softmax temperature; the trainer anneals it
         self.execution: Execution = "sparse"
         c_stem = config.stem_multiplier * config.channels
-        self.stem = nn.Sequential(MatmulConv2d(config.in_channels, c_stem, 3, padding=1), nn.BatchNorm2d(c_stem))
+        self.stem = LayerStack(MatmulConv2d(config.in_channels, c_stem, 3, padding=1), nn.BatchNorm2d(c_stem))
         c_pp, c_p, c = c_stem, c_stem, config.channels
         cells, reduction_prev = [], False
         for i in range(config.num_cells):
@@ -257,7 +258,7 @@ class InvertedResidual(nn.Module):
         layers = _conv_bn_relu(c_in, hidden, 1) if expansion != 1 else []
         layers += _conv_bn_relu(hidden, hidden, 3, stride, groups=hidden)
         layers += [nn.Conv2d(hidden, c_out, 1, bias=False), nn.BatchNorm2d(c_out)]
-        self.conv = nn.Sequential(*layers)
+        self.conv = LayerStack(*layers)
         self.use_residual = stride == 1 and c_in == c_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -273,14 +274,14 @@ class MobileNetV2(nn.Module):
         super().__init__()
         self.config = config
         c_in = _make_divisible(config.stem_channels * config.width_mult)
-        layers: list[nn.Module] = [nn.Sequential(*_conv_bn_relu(config.in_channels, c_in, 3, 1))]
+        layers: list[nn.Module] = [LayerStack(*_conv_bn_relu(config.in_channels, c_in, 3, 1))]
         for t, c, n, s in config.blocks:
             c_out = _make_divisible(c * config.width_mult)
             for i in range(n):
                 layers.append(InvertedResidual(c_in, c_out, s if i == 0 else 1, t))
                 c_in = c_out
         c_last = _make_divisible(config.last_channels * max(1.0, config.width_mult))
-        layers.append(nn.Sequential(*_conv_bn_relu(c_in, c_last, 1)))
+        layers.append(LayerStack(*_conv_bn_relu(c_in, c_last, 1)))
         self.features = nn.Sequential(*layers)
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_last, config.num_classes)

@@ -13,6 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .fold import LayerStack, conv_bn, folded_conv, folds
+
 # Order matters: it is the last axis of every gate tensor [B, E, K].
 PRIMITIVES: tuple[str, ...] = (
     "sep_conv_3x3",
@@ -91,10 +93,11 @@ class MatmulConv2d(nn.Conv2d):
     def __init__(self, c_in: int, c_out: int, kernel: int = 1, stride: int = 1, padding: int = 0, dilation: int = 1):
         super().__init__(c_in, c_out, kernel, stride, padding, dilation, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        # nn.Conv2d.forward's one call into the convolution; drnets.fold calls it with folded weights too.
         if not x.is_cuda:
-            return super().forward(x)
-        return conv_matmul(x, self.weight, self.stride, self.padding, self.dilation)
+            return super()._conv_forward(x, weight, bias)
+        return conv_matmul(x, weight, self.stride, self.padding, self.dilation, bias)
 
 
 def conv_matmul(
@@ -103,20 +106,23 @@ def conv_matmul(
     stride: tuple[int, int] = (1, 1),
     padding: tuple[int, int] = (0, 0),
     dilation: tuple[int, int] = (1, 1),
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``conv2d(x, weight, None, stride, padding, dilation)`` for an ungrouped ``weight`` [O, C, kh, kw]
+    """``conv2d(x, weight, bias, stride, padding, dilation)`` for an ungrouped ``weight`` [O, C, kh, kw]
     as one batched matrix product (im2col by ``unfold`` unless 1x1); a channels_last 1x1 stays channels_last."""
     w = weight.flatten(1)  # [O, C*kh*kw]
     n, _, h, wd = x.shape
     kh, kw = weight.shape[-2:]
     if (kh, kw, *stride, *padding) == (1, 1, 1, 1, 0, 0):
         if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            return (x.permute(0, 2, 3, 1) @ w.t()).permute(0, 3, 1, 2)  # NHWC rows x [C, O]
-        return (w @ x.reshape(n, x.shape[1], h * wd)).view(n, -1, h, wd)
-    h_out = output_size(h, kh, stride[0], padding[0], dilation[0])
-    w_out = output_size(wd, kw, stride[1], padding[1], dilation[1])
-    columns = nn.functional.unfold(x, (kh, kw), dilation, padding, stride)  # [N, C*kh*kw, h_out*w_out]
-    return (w @ columns).view(n, -1, h_out, w_out)
+            return nn.functional.linear(x.permute(0, 2, 3, 1), w, bias).permute(0, 3, 1, 2)  # NHWC rows x [C, O]
+        out = (w @ x.reshape(n, x.shape[1], h * wd)).view(n, -1, h, wd)
+    else:
+        h_out = output_size(h, kh, stride[0], padding[0], dilation[0])
+        w_out = output_size(wd, kw, stride[1], padding[1], dilation[1])
+        columns = nn.functional.unfold(x, (kh, kw), dilation, padding, stride)  # [N, C*kh*kw, h_out*w_out]
+        out = (w @ columns).view(n, -1, h_out, w_out)
+    return out if bias is None else out + bias.view(1, -1, 1, 1)
 
 
 class ReLUConvBN(Branch):
@@ -124,16 +130,16 @@ class ReLUConvBN(Branch):
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, affine: bool = True):
         super().__init__(
-            nn.Sequential(
+            LayerStack(
                 nn.ReLU(inplace=False),
                 MatmulConv2d(c_in, c_out, kernel, stride, padding),
                 nn.BatchNorm2d(c_out, affine=affine),
             )
         )
 
-    def from_rectified(self, x: torch.Tensor) -> torch.Tensor:
-        """The output for an input that already went through the ReLU (see ``DRNet.forward_features``)."""
-        return self.op[2](self.op[1](x))
+    def forward(self, x: torch.Tensor, rectified: bool = False) -> torch.Tensor:
+        """``rectified``: x already went through the ReLU (see ``DRNet.forward_features``), so it is not applied again."""
+        return conv_bn(self.op[1], self.op[2], x if rectified else self.op[0](x))
 
 
 class DilConv(Branch):
@@ -143,7 +149,7 @@ class DilConv(Branch):
         self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, dilation: int, affine: bool = True
     ):
         super().__init__(
-            nn.Sequential(
+            LayerStack(
                 nn.ReLU(inplace=False),
                 nn.Conv2d(c_in, c_in, kernel, stride, padding, dilation=dilation, groups=c_in, bias=False),
                 MatmulConv2d(c_in, c_out),
@@ -158,7 +164,7 @@ class SepConv(Branch):
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, affine: bool = True):
         first = DilConv(c_in, c_in, kernel, stride, padding, 1, affine).op
         second = DilConv(c_in, c_out, kernel, 1, padding, 1, affine).op
-        super().__init__(nn.Sequential(*first, *second))
+        super().__init__(LayerStack(*first, *second))
 
 
 SEPARABLE_MIN_PIXELS = 784  # batch x height x width from which the separable max pool wins (one 28x28 map)
@@ -173,7 +179,7 @@ class Pool(Branch):
 
     def __init__(self, kind: str, stride: int):
         pool = nn.MaxPool2d(3, stride, 1) if kind == "max" else nn.AvgPool2d(3, stride, 1, count_include_pad=False)
-        super().__init__(nn.Sequential(pool))
+        super().__init__(LayerStack(pool))
         self.kind, self.stride = kind, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -217,26 +223,24 @@ def avg_pool_3x3_depthwise(x: torch.Tensor, stride: int) -> torch.Tensor:
 
 class Identity(Branch):
     def __init__(self) -> None:
-        super().__init__(nn.Sequential())
+        super().__init__(LayerStack())
 
 
 class FactorizedReduce(Branch):
     """Halve the resolution with two offset stride-2 1x1 convs (DARTS); the stride-2 skip."""
 
     def __init__(self, c_in: int, c_out: int, affine: bool = True):
-        super().__init__(nn.Sequential(nn.ReLU(inplace=False)))
+        super().__init__(LayerStack(nn.ReLU(inplace=False)))
         # DARTS runs both at stride 2, conv_1 on the map and conv_2 on the map shifted by one
-        # pixel: they read exactly the even and the odd pixels, which ``from_rectified`` slices out
+        # pixel: they read exactly the even and the odd pixels, which ``forward`` slices out
         # first, so both run at stride 1 (same weights, same outputs).
         self.conv_1 = MatmulConv2d(c_in, c_out // 2)
         self.conv_2 = MatmulConv2d(c_in, c_out - c_out // 2)
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.from_rectified(self.op(x))
-
-    def from_rectified(self, x: torch.Tensor) -> torch.Tensor:
-        """The output for an input that already went through the ReLU (see ``DRNet.forward_features``)."""
+    def forward(self, x: torch.Tensor, rectified: bool = False) -> torch.Tensor:
+        """``rectified``: x already went through the ReLU (see ``DRNet.forward_features``), so it is not applied again."""
+        x = x if rectified else self.op(x)
         # The convolution copies a strided input first: slicing the odd pixels copies a quarter
         # of the map, where the shifted map DARTS convolves was a copy of nearly all of it. An odd
         # size gives the shifted path one row/column fewer, which DARTS pads with zeros.
@@ -244,10 +248,19 @@ class FactorizedReduce(Branch):
         # a stride-2 1x1 conv on channels_last maps of <= 12 channels at odd batch sizes corrupts
         # the heap (a crash training 4-channel DRNets; tests/test_ops.py), the stride-1 one does not.
         h, w = x.shape[-2:]
-        odd = self.conv_2(x[:, :, 1::2, 1::2])
+        even, odd = x[:, :, ::2, ::2], x[:, :, 1::2, 1::2]
+        if h % 2 == 0 and w % 2 == 0 and folds(self.conv_1, self.bn):  # no zero padding for the BN to shift
+            return torch.cat(
+                [
+                    folded_conv(self.conv_1, self.bn, even),
+                    folded_conv(self.conv_2, self.bn, odd, self.conv_1.out_channels),
+                ],
+                dim=1,
+            )
+        odd = self.conv_2(odd)
         if h % 2 or w % 2:
             odd = nn.functional.pad(odd, (0, w % 2, 0, h % 2))
-        return self.bn(torch.cat([self.conv_1(x[:, :, ::2, ::2]), odd], dim=1))
+        return self.bn(torch.cat([self.conv_1(even), odd], dim=1))
 
     def flops(self, h: int, w: int) -> int:
         """What runs: the odd-pixel path has no padded row/column to convolve at odd sizes."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import app_path, branch_time, breakdown, latency, masked, pooling, sweep, train_throughput
+from bench import app_path, breakdown, latency, masked, parts, pooling, sweep, train_throughput
 from bench.__main__ import main as bench_main
 from bench.common import MODELS, Settings, load_model
 
@@ -119,26 +119,28 @@ def test_breakdown_groups_the_profiled_time_of_forwards_or_training_steps(train:
     assert math.isclose(sum(row["share_pct"].values()), 100.0) and row["share_pct"]["convolution"] > 0
 
 
-def test_branch_time_splits_each_forward_by_kind_and_says_which_kinds_would_raise_efficiency(models) -> None:
-    result = branch_time.run(TINY, batches=(4,), images_b1=2)
+def test_parts_split_each_forward_and_say_which_parts_would_raise_efficiency(models) -> None:
+    result = parts.run(TINY, batches=(4,), images_b1=2)
     (row,) = result["rows"]
-    kinds = {r["kind"]: r for r in row["kinds"]}
-    # The dense supernet runs every kind of branch, strided ones included; the rest of the forward is "outside".
-    every_kind = {kind for kind, _ in branch_time.branch_kinds(models["dense"].model)}
-    assert set(kinds) == every_kind | {branch_time.OUTSIDE} and len(every_kind) == 14
-    assert all(kinds[k]["dense_ms_per_image"] > 0 for k in every_kind)
+    rows = {r["part"]: r for r in row["parts"]}
+    # The dense supernet runs every kind of branch, strided ones included, and every image pays the fixed parts.
+    branch_kinds = {p for p, _ in parts.timed_modules(models["dense"].model)} - {"stem", "preprocessing", "head"}
+    assert len(branch_kinds) == 14 and all(rows[k]["dense_ms_per_image"] > 0 for k in branch_kinds)
+    every_image = ("stem", "preprocessing", "router MLPs", "head")
+    assert set(rows) == branch_kinds | {*every_image, parts.REST}
+    assert all(rows[p]["drnet_ms_per_image"] > 0 for p in every_image)
+    assert rows["router MLPs"]["dense_ms_per_image"] == 0  # its input-independent weights are no module call
     for model in ("drnet", "dense"):
-        assert math.isclose(sum(r[f"{model}_pct"] for r in row["kinds"]), 100.0)
-        assert math.isclose(sum(r[f"{model}_ms_per_image"] for r in row["kinds"]), row[f"{model}_ms_per_image"])
+        assert math.isclose(sum(r[f"{model}_pct"] for r in row["parts"]), 100.0)
+        assert math.isclose(sum(r[f"{model}_ms_per_image"] for r in row["parts"]), row[f"{model}_ms_per_image"])
     assert row["efficiency"] == pytest.approx(
         row["dense_ms_per_image"] / row["drnet_ms_per_image"] / row["flops_ratio"]
     )
-    # Halving one kind raises efficiency exactly when that kind is a larger share of the DRNet's time.
-    for kind in every_kind:
-        r = kinds[kind]
-        if not math.isclose(r["drnet_pct"], r["dense_pct"]):
+    # Halving one part raises efficiency exactly when it is a larger share of the DRNet's time.
+    for part, r in rows.items():
+        if part != parts.REST and not math.isclose(r["drnet_pct"], r["dense_pct"]):
             assert (r["efficiency_if_2x_faster"] > row["efficiency"]) == (r["drnet_pct"] > r["dense_pct"])
-    assert kinds[branch_time.OUTSIDE]["efficiency_if_2x_faster"] is None
+    assert rows[parts.REST]["efficiency_if_2x_faster"] is None
     for loaded in models.values():  # the timers were hooked on private copies, and removed
         assert not any(m._forward_hooks or m._forward_pre_hooks for m in loaded.model.modules())
 
@@ -183,7 +185,7 @@ def test_bad_only_flag_is_refused_with_a_message(capsys) -> None:
         (latency, ["--batches", "0"], "argument --batches: must be >= 1, got 0"),
         (latency, ["--batches", "1,-3"], "argument --batches: must be >= 1, got -3"),
         (masked, ["--batches", "abc"], "argument --batches: invalid positive_ints value: 'abc'"),
-        (branch_time, ["--batches", "2,0"], "argument --batches: must be >= 1, got 0"),
+        (parts, ["--batches", "2,0"], "argument --batches: must be >= 1, got 0"),
         (latency, ["--repeats", "0"], "argument --repeats: must be >= 1, got 0"),
         (sweep, ["--thresholds", "0.1,2"], "argument --thresholds: must lie in [0, 1], got 2.0"),
         (train_throughput, ["--batch", "0"], "argument --batch: must be >= 1, got 0"),

@@ -135,10 +135,10 @@ def test_cuda_matches_cpu(tiny_model, mixed_batch, name: str, monkeypatch) -> No
     assert torch.equal(gpu_trace.flops.cpu(), cpu_trace.flops)
 
 
-def _gpu_form(conv, x: torch.Tensor) -> torch.Tensor:
+def _gpu_form(conv, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     from drnets.ops import conv_matmul
 
-    return conv_matmul(x, conv.weight, conv.stride, conv.padding, conv.dilation)
+    return conv_matmul(x, weight, conv.stride, conv.padding, conv.dilation, bias)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -148,7 +148,7 @@ def test_gpu_convolution_form_trains_like_the_cpu_one(
 ) -> None:
     """On a GPU every MatmulConv2d runs ``conv_matmul``; here on the CPU the whole model takes that form
     (stem by unfold, sliced FactorizedReduce inputs, routed sub-batches) and must give the same
-    logits, route and gradients as oneDNN's convolutions."""
+    logits, route and gradients as oneDNN's convolutions; at inference too, with each BN folded in."""
     from drnets.ops import MatmulConv2d
 
     model = tiny_model(name).train()
@@ -158,16 +158,19 @@ def test_gpu_convolution_form_trains_like_the_cpu_one(
     results = []
     for gpu_form in (False, True):
         if gpu_form:
-            monkeypatch.setattr(MatmulConv2d, "forward", _gpu_form)
+            monkeypatch.setattr(MatmulConv2d, "_conv_forward", _gpu_form)
         torch.manual_seed(0)  # the same Gumbel noise, so the same route
-        model.zero_grad()
+        model.train().zero_grad()
         logits, trace = model(x)
         logits.square().mean().backward()
         grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
-        results.append((logits.detach(), trace.ran, grads))
-    (logits_a, ran_a, grads_a), (logits_b, ran_b, grads_b) = results
+        with torch.inference_mode():
+            inferred = model.eval()(x)[0]
+        results.append((logits.detach(), trace.ran, grads, inferred))
+    (logits_a, ran_a, grads_a, inferred_a), (logits_b, ran_b, grads_b, inferred_b) = results
     assert torch.equal(ran_a, ran_b)
     torch.testing.assert_close(logits_b, logits_a, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(inferred_b, inferred_a, atol=1e-4, rtol=1e-4)
     assert len(grads_a) == len(grads_b) > 0
     for ga, gb in zip(grads_a, grads_b, strict=True):
         torch.testing.assert_close(gb, ga, atol=1e-4, rtol=1e-3)

@@ -128,8 +128,9 @@ def test_depthwise_avg_pool_equals_aten_avg_pool(shape: tuple[int, ...], stride:
         ("nchw", 5, 1, 4, 2),
     ],
 )
+@pytest.mark.parametrize("with_bias", [False, True])  # a BN folded in (drnets.fold) adds one
 def test_conv_matmul_equals_conv2d_and_its_gradients(
-    layout: str, kernel: int, stride: int, padding: int, dilation: int
+    layout: str, kernel: int, stride: int, padding: int, dilation: int, with_bias: bool
 ) -> None:
     """The GPU form of MatmulConv2d (a matrix product; run here on the CPU) is conv2d, backward too,
     and a 1x1 keeps the input's memory format."""
@@ -139,6 +140,7 @@ def test_conv_matmul_equals_conv2d_and_its_gradients(
     x = forms[layout]
     weight = torch.randn(4, 6, kernel, kernel)
     geometry = {"stride": (stride, stride), "padding": (padding, padding), "dilation": (dilation, dilation)}
+    geometry["bias"] = torch.randn(4) if with_bias else None
     results = []
     for fn in (torch.nn.functional.conv2d, conv_matmul):
         xi, wi = x.detach().requires_grad_(), weight.clone().requires_grad_()

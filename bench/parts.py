@@ -1,16 +1,17 @@
-"""Where the routed time goes: wall-clock per kind of branch in the DRNet and the dense supernet.
+"""Where a forward's wall-clock goes, part by part, in the DRNet and the dense supernet.
 
-Every branch module gets a timer (forward hooks); the rest of a forward (stem, preprocessing,
-routers, gating, concatenation, head) is what the branches leave. The last column answers the
-question a kernel change raises for the efficiency figure (realized speedup / FLOPs ratio):
-if one kind of branch ran twice as fast in both models, where would efficiency go? A kind
-raises it only when the DRNet spends a larger share of its time on that kind than the dense
-supernet does (avg pools, for the shipped DRNet); speeding a kind the dense supernet runs far
-more often lowers it, however much time it saves both (docs/BENCHMARKS.md "Fourth round").
-The hooks add a few microseconds per branch call, more to the dense supernet (7x the calls):
-read the shares, not the absolute times, and take efficiency itself from bench.latency.
+Parts: the stem, the cells' preprocessing, the router MLPs and the head (work every image pays,
+the same modules in both models), each kind of branch, and the rest (gating and summing the
+branches, concatenation, the ReLU of each state, routing decisions, gather/scatter). Each part's
+modules get timers (forward hooks). The last column answers the question a kernel change raises
+for the efficiency figure (realized speedup / FLOPs ratio): if one part ran twice as fast in both
+models, where would efficiency go? A part raises it only when it is a larger share of the DRNet's
+time than of the dense supernet's: the every-image parts, and avg pools for the shipped DRNet;
+speeding a kind of branch the dense supernet runs far more often lowers it, however much time it
+saves both (docs/BENCHMARKS.md "Fifth round"). The hooks add a few microseconds per call, more to
+the dense supernet (7x the branch calls): read the shares, and take efficiency from bench.latency.
 
-    python -m bench.branch_time --batches 1,64
+    python -m bench.parts --batches 1,64
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from torch import nn
 
 from drnets.argtypes import positive_ints
 from drnets.model import DRNet
+from drnets.router import Router
 
 from .common import (
     Settings,
@@ -50,34 +52,42 @@ from .common import (
 )
 
 MODELS = ("drnet", "dense")
-OUTSIDE = "outside the branches"
+REST = "rest"
 
 
-def branch_kinds(model: DRNet) -> Iterator[tuple[str, nn.Module]]:
-    """(kind, module) for every candidate branch: its name, with "/s2" where it strides."""
+def timed_modules(model: DRNet) -> Iterator[tuple[str, nn.Module]]:
+    """(part, module) pairs that together run every timed part of a forward exactly once, none nested.
+
+    Branches are named by kind, with "/s2" where they stride.
+    """
+    yield "stem", model.stem
     for cell in model.cells:
+        yield from (("preprocessing", pre) for pre in (cell.preprocess0, cell.preprocess1))
+        if isinstance(cell.router, Router):
+            yield from (("router MLPs", m) for m in (cell.router.fc1, cell.router.fc2))
         for (src, _), candidates in zip(cell.edges, cell.branches):
             suffix = "/s2" if cell.edge_stride(src) == 2 else ""
             for name, branch in zip(cell.branch_names, candidates):
                 yield name + suffix, branch
+    yield from (("head", m) for m in (model.global_pool, model.classifier))
 
 
 @contextlib.contextmanager
-def timed_branches(model: DRNet, settings: Settings, seconds: dict[str, float]) -> Iterator[None]:
-    """Adds each branch call's wall-clock to ``seconds[kind]`` while open."""
+def timed_parts(model: DRNet, settings: Settings, seconds: dict[str, float]) -> Iterator[None]:
+    """Adds each timed module call's wall-clock to ``seconds[part]`` while open."""
     handles, started = [], {}
 
-    def before(kind: str, module: nn.Module, args: Any) -> None:
+    def before(part: str, module: nn.Module, args: Any) -> None:
         synchronize(settings)
         started[id(module)] = time.perf_counter()
 
-    def after(kind: str, module: nn.Module, args: Any, output: Any) -> None:
+    def after(part: str, module: nn.Module, args: Any, output: Any) -> None:
         synchronize(settings)
-        seconds[kind] += time.perf_counter() - started.pop(id(module))
+        seconds[part] += time.perf_counter() - started.pop(id(module))
 
-    for kind, branch in branch_kinds(model):
-        handles.append(branch.register_forward_pre_hook(functools.partial(before, kind)))
-        handles.append(branch.register_forward_hook(functools.partial(after, kind)))
+    for part, module in timed_modules(model):
+        handles.append(module.register_forward_pre_hook(functools.partial(before, part)))
+        handles.append(module.register_forward_hook(functools.partial(after, part)))
     try:
         yield
     finally:
@@ -106,7 +116,7 @@ def run(settings: Settings, batches: tuple[int, ...] = (1, 64), images_b1: int =
 def _timed_rounds(
     models: dict[str, DRNet], inputs: dict[str, list[torch.Tensor]], settings: Settings
 ) -> dict[str, list[dict[str, float]]]:
-    """Per model, per timed round: seconds per kind, plus "total" for the whole forward. Round-robin,
+    """Per model, per timed round: seconds per part, plus "total" for the whole forward. Round-robin,
     like ``bench.common.compare``, so load changes hit both models alike."""
 
     def forward(name: str) -> Callable[[], None]:
@@ -123,7 +133,7 @@ def _timed_rounds(
     for _ in range(max(1, settings.repeats)):
         for name, model in models.items():
             seconds: dict[str, float] = defaultdict(float)
-            with timed_branches(model, settings, seconds):
+            with timed_parts(model, settings, seconds):
                 start = time.perf_counter()
                 forward(name)()
                 synchronize(settings)
@@ -135,16 +145,16 @@ def _timed_rounds(
 def _summary(
     batch: int, n_images: int, rounds: dict[str, list[dict[str, float]]], flops_ratio: float | None
 ) -> dict[str, Any]:
-    """Efficiency at this batch, and one row per kind: median ms per image in each model, shares, and
-    efficiency if that kind ran 2x faster."""
+    """Efficiency at this batch, and one row per part: median ms per image in each model, shares, and
+    efficiency if that part ran 2x faster."""
 
     def median_ms(name: str, key: str) -> float:
         return 1e3 * statistics.median(r.get(key, 0.0) for r in rounds[name]) / n_images
 
     total = {name: median_ms(name, "total") for name in MODELS}
-    kinds = sorted({k for name in MODELS for r in rounds[name] for k in r} - {"total"})
-    per_kind = {k: {name: median_ms(name, k) for name in MODELS} for k in kinds}
-    outside = {name: total[name] - sum(per_kind[k][name] for k in kinds) for name in MODELS}
+    parts = sorted({k for name in MODELS for r in rounds[name] for k in r} - {"total"})
+    per_part = {k: {name: median_ms(name, k) for name in MODELS} for k in parts}
+    rest = {name: total[name] - sum(per_part[k][name] for k in parts) for name in MODELS}
 
     def efficiency(saved: dict[str, float]) -> float | None:
         """(dense / DRNet time) / FLOPs ratio, with ``saved`` ms per image taken off each model."""
@@ -152,13 +162,13 @@ def _summary(
         return ratio(speedup, flops_ratio) if speedup and flops_ratio else None
 
     now = efficiency({name: 0.0 for name in MODELS})
-    kind_rows = []
-    for kind, ms in [*per_kind.items(), (OUTSIDE, outside)]:
-        # Outside the branches, the two models' gating and summing differ: no one factor applies to both.
-        faster = efficiency({name: ms[name] / 2 for name in MODELS}) if kind != OUTSIDE else None
-        kind_rows.append(
+    part_rows = []
+    for part, ms in [*per_part.items(), (REST, rest)]:
+        # The rest is a different mix in each model (the dense supernet gates 7x the branches): no one factor.
+        faster = efficiency({name: ms[name] / 2 for name in MODELS}) if part != REST else None
+        part_rows.append(
             {
-                "kind": kind,
+                "part": part,
                 "drnet_ms_per_image": ms["drnet"],
                 "drnet_pct": 100 * ms["drnet"] / total["drnet"],
                 "dense_ms_per_image": ms["dense"],
@@ -172,13 +182,13 @@ def _summary(
         "dense_ms_per_image": total["dense"],
         "flops_ratio": flops_ratio,
         "efficiency": now,
-        "kinds": sorted(kind_rows, key=lambda r: -r["drnet_ms_per_image"]),
+        "parts": sorted(part_rows, key=lambda r: -r["drnet_ms_per_image"]),
     }
 
 
 def show(result: dict[str, Any]) -> None:
     columns = [
-        "kind",
+        "part",
         "drnet_ms_per_image",
         "drnet_pct",
         "dense_ms_per_image",
@@ -188,12 +198,15 @@ def show(result: dict[str, Any]) -> None:
     for row in result["rows"]:
         print()
         print(format_table([row], ["batch", "drnet_ms_per_image", "dense_ms_per_image", "flops_ratio", "efficiency"]))
-        print(format_table(row["kinds"], columns))
-    print("\nefficiency_if_2x_faster: (dense time / DRNet time) / FLOPs ratio with that kind at half its time in both")
+        print(format_table(row["parts"], columns))
+    print(
+        "\nrest: gating and summing, concatenation, state ReLUs, routing decisions, gather/scatter. "
+        "efficiency_if_2x_faster: (dense time / DRNet time) / FLOPs ratio with that part at half its time in both"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.branch_time", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.parts", description=__doc__.split("\n\n")[0])
     add_settings_args(parser)
     parser.add_argument("--batches", type=positive_ints, default=(1, 64), help="comma-separated batch sizes")
     args = parser.parse_args(argv)
@@ -203,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         print(json.dumps({"machine": info, **result}, indent=2))
         return
-    print_header("wall-clock per kind of branch: DRNet vs dense supernet", info, result["notes"])
+    print_header("wall-clock per part of a forward: DRNet vs dense supernet", info, result["notes"])
     show(result)
 
 

@@ -1,0 +1,95 @@
+"""Batch norm folded into the convolution before it, at inference.
+
+With its running statistics, a batch norm is a per-channel affine map, so ``bn(conv(x))`` equals one
+convolution with scaled weights and a bias: one pass over the feature map instead of two. PyTorch's
+``torch.nn.utils.fusion.fuse_conv_bn_eval`` does the same by building new modules; here the modules
+stay as they are (checkpoints, parameter counts, hooks and training are untouched) and the folded
+weights are computed on first use and cached until any of the tensors they come from changes (PyTorch's
+version counter: optimiser steps, ``load_state_dict``, in-place ops under ``torch.no_grad()``; an in-place
+edit through ``.data`` is the one change it cannot see). Folding applies only where the result cannot
+differ: BN in eval mode, autograd off (attribution methods need gradients, and Grad-CAM hooks a BN), and
+no hooks on either module. Measured: docs/BENCHMARKS.md "Fifth round".
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.modules import module as module_hooks
+
+
+def folds(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> bool:
+    """Whether ``bn(conv(x))`` runs as one convolution right now: BN in eval mode, autograd off, and
+    nothing that expects the two modules' own forwards (hooks, a pruned or parametrized weight)."""
+    return (
+        not bn.training
+        and bn.track_running_stats
+        and not torch.is_grad_enabled()
+        and conv.padding_mode == "zeros"
+        and "weight" in conv._parameters  # torch.nn.utils.prune and parametrize move it out
+        and not (conv._forward_pre_hooks or conv._forward_hooks or bn._forward_pre_hooks or bn._forward_hooks)
+        and not (module_hooks._global_forward_pre_hooks or module_hooks._global_forward_hooks)
+    )
+
+
+def conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """``bn(conv(x))``; one convolution at inference."""
+    return folded_conv(conv, bn, x) if folds(conv, bn) else bn(conv(x))
+
+
+def folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor, first_channel: int = 0) -> torch.Tensor:
+    """``conv`` followed by channels ``first_channel : first_channel + conv.out_channels`` of ``bn``, as one
+    convolution (``bn`` in eval mode; a BN over several convolutions' concatenated outputs folds piecewise)."""
+    weight, bias = _folded_weights(conv, bn, first_channel)
+    return conv._conv_forward(x, weight, bias)  # what conv.forward runs, with other weights
+
+
+def _folded_weights(conv: nn.Conv2d, bn: nn.BatchNorm2d, first_channel: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # Read through the modules' own dicts: nn.Module.__getattr__ would cost more than the BN pass saves at batch 1.
+    sources = (
+        conv._parameters["weight"],
+        conv._parameters["bias"],
+        bn._parameters["weight"],
+        bn._parameters["bias"],
+        bn._buffers["running_mean"],
+        bn._buffers["running_var"],
+    )
+    # An optimiser step or load_state_dict changes a tensor in place (its version), .to() replaces it.
+    # Tensors made under inference_mode keep no version: those folds are never cached.
+    try:
+        key = (first_channel, *((t._version, t.data_ptr()) for t in sources if t is not None))
+    except RuntimeError:
+        key = None
+    cached = conv.__dict__.get("_folded_bn")
+    if key is not None and cached is not None and cached[0] == key:
+        return cached[1], cached[2]
+    channels = slice(first_channel, first_channel + conv.out_channels)
+    with torch.inference_mode(False), torch.no_grad():  # plain tensors: usable outside inference mode too
+        scale = torch.rsqrt(bn.running_var[channels] + bn.eps)
+        shift = -bn.running_mean[channels] * scale
+        if bn.weight is not None:
+            scale = scale * bn.weight[channels]
+            shift = shift * bn.weight[channels] + bn.bias[channels]
+        if conv.bias is not None:
+            shift = shift + conv.bias * scale
+        weight = conv.weight * scale.view(-1, 1, 1, 1)
+    conv.__dict__["_folded_bn"] = (key, weight, shift)
+    return weight, shift
+
+
+class LayerStack(nn.Sequential):
+    """``nn.Sequential`` whose conv -> BN pairs run as one convolution at inference (same modules, same keys)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layers = list(self._modules.values())
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            after = layers[i + 1] if i + 1 < len(layers) else None
+            if isinstance(layer, nn.Conv2d) and isinstance(after, nn.BatchNorm2d) and folds(layer, after):
+                x = folded_conv(layer, after, x)
+                i += 2
+            else:
+                x = layer(x)
+                i += 1
+        return x
