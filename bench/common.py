@@ -30,6 +30,7 @@ from drnets.argtypes import non_negative_int, positive_int
 from drnets.checkpoint import CheckpointError, load_checkpoint
 from drnets.data import FASHION_MNIST_CLASSES, DataError, ImageSet, load_dataset, normalization, to_input
 from drnets.device import describe, has_glibc, keep_freed_memory, pick_device
+from drnets.fold import folding
 from drnets.model import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +71,7 @@ class Settings:
     repeats: int = 7  # timed rounds; the median is reported
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
     keep_freed_memory: bool = True  # glibc reuses freed tensor memory (drnets.device.keep_freed_memory)
+    fold_bn: bool = True  # each BN folded into the convolution before it at inference (drnets.fold)
     # True/False forces cuDNN on or off for every candidate; None: on, except for DRNet training
     # steps on a GPU (drnets.device.cudnn_suits_training, as `drnets train` chooses)
     cudnn: bool | None = None
@@ -107,6 +109,8 @@ def add_settings_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads")
     parser.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
                         help="let glibc reuse freed memory instead of page-faulting new maps in (default: on)")  # fmt: skip
+    parser.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=True,
+                        help="fold each batch norm into the convolution before it at inference (default: on)")  # fmt: skip
     parser.add_argument("--cudnn", action=argparse.BooleanOptionalAction, default=None,
                         help="force cuDNN on or off on a GPU (default: off only for DRNet training steps)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
@@ -129,6 +133,7 @@ def settings_from_args(args: argparse.Namespace, quick: bool = False) -> Setting
         repeats=defaults.repeats if args.repeats is None else args.repeats,
         threads=args.threads,
         keep_freed_memory=args.keep_freed_memory,
+        fold_bn=args.fold_bn,
         cudnn=args.cudnn,
     )
     apply_process_settings(settings)
@@ -277,8 +282,8 @@ def to_device(images: torch.Tensor, loaded: Loaded, settings: Settings) -> torch
 
 @contextlib.contextmanager
 def inference(settings: Settings) -> Iterator[None]:
-    """No autograd, plus autocast when AMP is on."""
-    with torch.inference_mode(), autocast(settings):
+    """No autograd, plus autocast when AMP is on, with or without batch norms folded."""
+    with torch.inference_mode(), autocast(settings), folding(settings.fold_bn):
         yield
 
 
@@ -357,7 +362,8 @@ def print_header(title: str, info: dict[str, Any], notes: list[str]) -> None:
     s = info["settings"]
     print(
         f"settings: layout {'channels_last' if s['channels_last'] else 'NCHW'}, amp {s['amp']}, compile {s['compile']}, "
-        f"warm-up {s['warmup']}, repeats {s['repeats']} (median), allocator {info['allocator']}"
+        f"warm-up {s['warmup']}, repeats {s['repeats']} (median), allocator {info['allocator']}, "
+        f"BN {'folded' if s['fold_bn'] else 'not folded'}"
     )
     for note in notes:
         print(f"NOTE: {note}")

@@ -13,16 +13,33 @@ no hooks on either module. Measured: docs/BENCHMARKS.md "Fifth round".
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 from torch.nn.modules import module as module_hooks
+
+_enabled = contextvars.ContextVar("drnets_fold_batch_norms", default=True)
+
+
+@contextlib.contextmanager
+def folding(enabled: bool) -> Iterator[None]:
+    """Folding on (the default) or off for the code run inside, in this thread only: benchmarks time both."""
+    token = _enabled.set(enabled)
+    try:
+        yield
+    finally:
+        _enabled.reset(token)
 
 
 def folds(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> bool:
     """Whether ``bn(conv(x))`` runs as one convolution right now: BN in eval mode, autograd off, and
     nothing that expects the two modules' own forwards (hooks, a pruned or parametrized weight)."""
     return (
-        not bn.training
+        _enabled.get()
+        and not bn.training
         and bn.track_running_stats
         and not torch.is_grad_enabled()
         and conv.padding_mode == "zeros"

@@ -7,6 +7,7 @@ and FLOPs, and that benchmarking leaves the models untouched.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -16,10 +17,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from bench import app_path, breakdown, latency, masked, parts, pooling, sweep, train_throughput
 from bench.__main__ import main as bench_main
-from bench.common import MODELS, Settings, load_model
+from bench.common import MODELS, Settings, add_settings_args, inference, load_model, settings_from_args
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = Settings(device="cpu", warmup=0, repeats=1)
@@ -197,6 +199,19 @@ def test_bad_numbers_are_usage_errors_not_stack_traces(script, flags: list[str],
         script.main(flags)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_no_fold_bn_runs_every_batch_norm(models) -> None:
+    parser = argparse.ArgumentParser()
+    add_settings_args(parser)
+    unfolded = settings_from_args(parser.parse_args(["--no-fold-bn", "--device", "cpu"]))
+    x = torch.zeros(2, 1, 28, 28)
+    counts = []
+    for settings in (unfolded, TINY):
+        with inference(settings), profile(activities=[ProfilerActivity.CPU]) as prof:
+            models["mobilenetv2"].model.eval()(x)
+        counts.append(sum(e.count for e in prof.key_averages() if e.key == "aten::batch_norm"))
+    assert counts == [52, 0]  # every BN of MobileNetV2, then none
 
 
 def test_bad_device_is_refused_with_a_message() -> None:

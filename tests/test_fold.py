@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn.utils import parametrize, prune
 from torch.profiler import ProfilerActivity, profile
 
-from drnets.fold import LayerStack, conv_bn
+from drnets.fold import LayerStack, conv_bn, folding
 from drnets.model import create_model
 from drnets.ops import FactorizedReduce, ReLUConvBN, create_branch
 
@@ -159,3 +159,12 @@ def test_hooked_pruned_or_parametrized_modules_run_their_own_forwards() -> None:
     parametrize.register_parametrization(parametrized, "weight", Doubled())
     with torch.no_grad():
         assert torch.allclose(conv_bn(parametrized, bn, x), bn(nn.functional.conv2d(x, 2 * raw, padding=1)), atol=1e-5)
+
+
+def test_folding_can_be_switched_off_for_a_comparison() -> None:
+    stack = randomize_batch_norms(LayerStack(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)))
+    x = torch.randn(2, 3, 6, 6)
+    with torch.inference_mode():
+        with folding(False):
+            assert batch_norm_calls(lambda: stack(x)) == 1
+        assert batch_norm_calls(lambda: stack(x)) == 0
