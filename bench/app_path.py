@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -33,8 +32,8 @@ from .common import (
     load_model,
     machine,
     prepare,
-    print_header,
     random_init_note,
+    report,
     settings_from_args,
 )
 
@@ -126,11 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = settings_from_args(args)
     info = machine(settings)
     result = run(settings)
-    if args.json:
-        print(json.dumps({"machine": info, **result}, indent=2))
-        return
-    print_header("app path at batch 1", info, result["notes"])
-    show(result)
+    report(args, info, result, "app path at batch 1", show)
 
 
 if __name__ == "__main__":

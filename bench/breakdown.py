@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -37,8 +36,8 @@ from .common import (
     load_model,
     machine,
     prepare,
-    print_header,
     random_init_note,
+    report,
     settings_from_args,
     synchronize,
     to_device,
@@ -166,11 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = settings_from_args(args)
     info = machine(settings)
     result = run(settings, args.model, args.batches, rows=args.rows, train=args.train)
-    if args.json:
-        print(json.dumps({"machine": info, **result}, indent=2))
-        return
-    print_header(f"profile: {args.model} {'training' if args.train else 'inference'}", info, result["notes"])
-    show(result)
+    report(args, info, result, f"profile: {args.model} {'training' if args.train else 'inference'}", show)
 
 
 if __name__ == "__main__":

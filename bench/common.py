@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import copy
 import datetime as dt
+import json
 import os
 import platform
 import statistics
@@ -351,6 +352,22 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in body]
     return "\n".join(lines)
+
+
+def report(
+    args: argparse.Namespace,
+    info: dict[str, Any],
+    result: dict[str, Any],
+    title: str,
+    show: Callable[[dict[str, Any]], None],
+) -> None:
+    """What every script prints: one JSON object with the machine record (``--json``), else a header and
+    ``show``'s tables."""
+    if args.json:
+        print(json.dumps({"machine": info, **result}, indent=2))
+        return
+    print_header(title, info, result.get("notes", []))
+    show(result)
 
 
 def print_header(title: str, info: dict[str, Any], notes: list[str]) -> None:

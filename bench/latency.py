@@ -11,7 +11,6 @@ inputs, so every ratio printed is measured in this process on these inputs.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +32,9 @@ from .common import (
     machine,
     page_faults,
     prepare,
-    print_header,
     random_init_note,
     ratio,
+    report,
     settings_from_args,
     to_device,
 )
@@ -155,11 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     info = machine(settings)  # before the run: the load average must not count our own work
     models = {name: load_model(name, args.drnet if name == "drnet" else None) for name in MODELS}
     result = run(settings, args.batches, args.images_b1, models)
-    if args.json:
-        print(json.dumps({"machine": info, **result}, indent=2))
-        return
-    print_header("latency: DRNet vs dense supernet vs MobileNetV2", info, result["notes"])
-    show(result)
+    report(args, info, result, "latency: DRNet vs dense supernet vs MobileNetV2", show)
 
 
 if __name__ == "__main__":

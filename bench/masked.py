@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from typing import Any
 
 import torch
@@ -35,9 +34,9 @@ from .common import (
     load_model,
     machine,
     prepare,
-    print_header,
     random_init_note,
     ratio,
+    report,
     settings_from_args,
     to_device,
 )
@@ -148,11 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = settings_from_args(args)
     info = machine(settings)
     result = run(settings, args.batches, args.images_b1)
-    if args.json:
-        print(json.dumps({"machine": info, **result}, indent=2))
-        return
-    print_header("masked reference vs sparse execution (DRNet)", info, result["notes"])
-    show(result)
+    report(args, info, result, "masked reference vs sparse execution (DRNet)", show)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import dataclasses
 import functools
-import json
 import statistics
 import time
 from collections import defaultdict
@@ -43,9 +42,9 @@ from .common import (
     load_model,
     machine,
     prepare,
-    print_header,
     random_init_note,
     ratio,
+    report,
     settings_from_args,
     synchronize,
     to_device,
@@ -213,11 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = settings_from_args(args)
     info = machine(settings)
     result = run(settings, args.batches)
-    if args.json:
-        print(json.dumps({"machine": info, **result}, indent=2))
-        return
-    print_header("wall-clock per part of a forward: DRNet vs dense supernet", info, result["notes"])
-    show(result)
+    report(args, info, result, "wall-clock per part of a forward: DRNet vs dense supernet", show)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -30,8 +29,8 @@ from .common import (
     format_table,
     load_model,
     machine,
-    print_header,
     ratio,
+    report,
     settings_from_args,
 )
 
@@ -92,6 +91,10 @@ def run(settings: Settings, batches: tuple[int, ...] = (1, 64)) -> dict[str, Any
     return {"rows": rows, "forms": {"max s1": "separable", "avg s1": "depthwise conv", "avg s2": "depthwise conv"}}
 
 
+def show(result: dict[str, Any]) -> None:
+    print(format_table(result["rows"], ["batch", "pool", "shape", "aten_us", "fast_us", "speedup"]))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.pooling", description=__doc__.split("\n\n")[0])
     add_settings_args(parser)
@@ -100,11 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = settings_from_args(args)
     info = machine(settings)
     result = run(settings, args.batches)
-    if args.json:
-        print(json.dumps({"machine": info, **result}, indent=2))
-        return
-    print_header("3x3 pools: ATen vs the inference forms (max s1: separable; avg: depthwise conv)", info, [])
-    print(format_table(result["rows"], ["batch", "pool", "shape", "aten_us", "fast_us", "speedup"]))
+    report(args, info, result, "3x3 pools: ATen vs the inference forms (max s1: separable; avg: depthwise conv)", show)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -34,9 +33,9 @@ from .common import (
     load_model,
     machine,
     prepare,
-    print_header,
     random_init_note,
     ratio,
+    report,
     settings_from_args,
     to_device,
 )
@@ -144,11 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = dataclasses.replace(settings, repeats=1)  # a full pass is long; one round unless asked
     info = machine(settings)
     result = run(settings, args.thresholds, args.limit, args.batch_size)
-    if args.json:
-        print(json.dumps({"machine": info, **result}, indent=2))
-        return
-    print_header("threshold sweep on the Fashion-MNIST test set", info, result["notes"])
-    show(result)
+    report(args, info, result, "threshold sweep on the Fashion-MNIST test set", show)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import argparse
 import copy
 import dataclasses
 import functools
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -38,9 +37,9 @@ from .common import (
     format_table,
     load_model,
     machine,
-    print_header,
     random_init_note,
     ratio,
+    report,
     settings_from_args,
     to_device,
 )
@@ -143,11 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = settings_from_args(args)
     info = machine(settings)
     result = run(settings, args.batch, models={name: load_model(name) for name in args.models})
-    if args.json:
-        print(json.dumps({"machine": info, **result}, indent=2))
-        return
-    print_header("training throughput: DRNet vs dense supernet", info, result["notes"])
-    show(result)
+    report(args, info, result, "training throughput: DRNet vs dense supernet", show)
 
 
 if __name__ == "__main__":
