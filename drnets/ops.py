@@ -122,7 +122,7 @@ def conv_matmul(
         w_out = output_size(wd, kw, stride[1], padding[1], dilation[1])
         columns = nn.functional.unfold(x, (kh, kw), dilation, padding, stride)  # [N, C*kh*kw, h_out*w_out]
         out = (w @ columns).view(n, -1, h_out, w_out)
-    return out if bias is None else out + bias.view(1, -1, 1, 1)
+    return out if bias is None else out + bias.to(out.dtype).view(1, -1, 1, 1)  # autocast: stay in half precision
 
 
 class ReLUConvBN(Branch):

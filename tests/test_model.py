@@ -174,3 +174,23 @@ def test_gpu_convolution_form_trains_like_the_cpu_one(
     assert len(grads_a) == len(grads_b) > 0
     for ga, gb in zip(grads_a, grads_b, strict=True):
         torch.testing.assert_close(gb, ga, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["drnet", "dense"])
+def test_gpu_convolution_form_runs_folded_under_autocast(tiny_model, mixed_batch, name: str, monkeypatch) -> None:
+    """GPU inference: every MatmulConv2d as ``conv_matmul`` with its BN folded in, under autocast. The routed
+    branches summed into one node must share a dtype (here bfloat16 on the CPU, float16 on a GPU)."""
+    from drnets.ops import MatmulConv2d
+
+    model, x = tiny_model(name), mixed_batch(n=7)
+    cell_dtypes = []
+    for cell in model.cells:
+        cell.register_forward_hook(lambda module, args, out: cell_dtypes.append(out[0].dtype))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, expected_trace = model(x)
+        monkeypatch.setattr(MatmulConv2d, "_conv_forward", _gpu_form)
+        logits, trace = model(x)
+    assert logits.dtype == expected.dtype == torch.bfloat16
+    assert set(cell_dtypes) == {torch.bfloat16}
+    assert (trace.ran == expected_trace.ran).float().mean() > 0.95  # bfloat16 rounding may flip a gate at the threshold
+    torch.testing.assert_close(logits.float(), expected.float(), atol=0.15, rtol=0.05)

@@ -153,6 +153,21 @@ def test_conv_matmul_equals_conv2d_and_its_gradients(
         assert results[1][0].is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_conv_matmul_with_bias_keeps_the_autocast_dtype(layout: str, kernel: int) -> None:
+    """Under autocast conv2d returns half precision, bias included; so must its matrix-product form, or the
+    routed branches of one node would mix dtypes (a folded BN gives every MatmulConv2d a bias)."""
+    x = torch.randn(2, 6, 9, 7)
+    x = x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
+    weight, bias, padding = torch.randn(4, 6, kernel, kernel), torch.randn(4), (kernel // 2, kernel // 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = torch.nn.functional.conv2d(x, weight, bias, padding=padding)
+        out = conv_matmul(x, weight, padding=padding, bias=bias)
+    assert out.dtype == expected.dtype == torch.bfloat16
+    assert torch.allclose(out.float(), expected.float(), atol=0.1, rtol=0.05)
+
+
 @pytest.mark.parametrize("size", [(8, 8), (7, 9), (28, 28), (5, 4)])
 def test_factorized_reduce_equals_darts_shifted_stride_2_conv(size: tuple[int, int]) -> None:
     """Slicing the even and odd pixels then stride-1 convs is DARTS's two stride-2 convs, on the map
