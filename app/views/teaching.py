@@ -56,7 +56,8 @@ def main() -> None:
     with picture:
         st.image(
             ui.pixelated(a.prepared.seen, 140),
-            caption=f"{ui.md(a.source.name)}\n\nDRNet says: {models.class_names[a.runs['drnet'].pred]}",
+            # The answer on a line of its own: "DRNet says: T-" / "shirt/top" in a 140-pixel column.
+            caption=f"{ui.md(a.source.name)}\n\nDRNet says:\n\n{ui.md(models.class_names[a.runs['drnet'].pred])}",
         )
     with story, ui.guard("drawing this step"):
         STEP_VIEWS[STEPS.index(step)](a, models, settings.threshold)
