@@ -12,6 +12,7 @@ saves both (docs/BENCHMARKS.md "Fifth round"). The hooks add a few microseconds 
 the dense supernet (7x the branch calls): read the shares, and take efficiency from bench.latency.
 
     python -m bench.parts --batches 1,64
+    python -m bench.parts --drnet runs/NAME/model   # your own DRNet against the shipped dense supernet
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -94,9 +96,12 @@ def timed_parts(model: DRNet, settings: Settings, seconds: dict[str, float]) -> 
             handle.remove()
 
 
-def run(settings: Settings, batches: tuple[int, ...] = (1, 64), images_b1: int = 16) -> dict[str, Any]:
+def run(
+    settings: Settings, batches: tuple[int, ...] = (1, 64), images_b1: int = 16, drnet: Path | None = None
+) -> dict[str, Any]:
+    """``drnet``: a DRNet checkpoint folder to split instead of the shipped one."""
     settings = dataclasses.replace(settings, compile=False)  # hooks time eager modules
-    loaded = {name: load_model(name) for name in MODELS}
+    loaded = {name: load_model(name, drnet if name == "drnet" else None) for name in MODELS}
     models = {name: prepare(loaded[name].model, settings) for name in MODELS}
     data, data_note = eval_images(max(*batches, images_b1))
     rows = []
@@ -208,10 +213,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.parts", description=__doc__.split("\n\n")[0])
     add_settings_args(parser)
     parser.add_argument("--batches", type=positive_ints, default=(1, 64), help="comma-separated batch sizes")
+    parser.add_argument("--drnet", type=Path, default=None, help="split this DRNet checkpoint folder instead")
     args = parser.parse_args(argv)
     settings = settings_from_args(args)
     info = machine(settings)
-    result = run(settings, args.batches)
+    result = run(settings, args.batches, drnet=args.drnet)
     report(args, info, result, "wall-clock per part of a forward: DRNet vs dense supernet", show)
 
 

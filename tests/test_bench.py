@@ -247,3 +247,6 @@ def test_latency_times_another_drnet_checkpoint_or_says_why_not(tmp_path: Path) 
         latency.main(["--drnet", str(tmp_path / "missing"), "--batches", "1"])
     with pytest.raises(SystemExit, match="holds a 'dense' model, not a 'drnet' one"):
         latency.main(["--drnet", str(ROOT / "assets" / "models" / "dense"), "--batches", "1"])
+    with pytest.raises(SystemExit, match="holds a 'dense' model, not a 'drnet' one"):
+        parts.main(["--drnet", str(ROOT / "assets" / "models" / "dense"), "--batches", "1"])
+    assert parts.run(TINY, batches=(2,), images_b1=1, drnet=shipped)["models"]["drnet"] == "assets/models/drnet"
