@@ -31,6 +31,7 @@ from .common import (
     Loaded,
     Settings,
     add_settings_args,
+    batch_chunks,
     eval_images,
     inference,
     load_model,
@@ -125,7 +126,7 @@ def _forwards(
     model: nn.Module, loaded: Loaded, settings: Settings, data: ImageSet, batch: int, images_b1: int
 ) -> list[Callable[[], None]]:
     """Inference forwards: ``images_b1`` single images at batch 1, else one batch."""
-    chunks = [data.images[i : i + 1] for i in range(images_b1)] if batch == 1 else [data.images[:batch]]
+    chunks = batch_chunks(data.images, batch, images_b1)
 
     def forward(x: torch.Tensor) -> None:
         with inference(settings):

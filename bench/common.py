@@ -275,6 +275,12 @@ def eval_images(limit: int | None = None) -> tuple[ImageSet, str | None]:
         return ImageSet(images, labels, list(FASHION_MNIST_CLASSES), "random"), note
 
 
+def batch_chunks(images: torch.Tensor, batch: int, images_b1: int) -> list[torch.Tensor]:
+    """What one timed call runs: ``images_b1`` images one at a time at batch 1 (one image would be one
+    route), else the first ``batch`` images as one batch."""
+    return [images[i : i + 1] for i in range(images_b1)] if batch == 1 else [images[:batch]]
+
+
 def to_device(images: torch.Tensor, loaded: Loaded, settings: Settings) -> torch.Tensor:
     """uint8 [B, H, W, C] -> the model's normalised input on the device, in the chosen layout."""
     x = to_input(images, loaded.mean, loaded.std).to(settings.torch_device)

@@ -24,6 +24,7 @@ from .common import (
     Loaded,
     Settings,
     add_settings_args,
+    batch_chunks,
     compare,
     eval_images,
     format_table,
@@ -57,7 +58,7 @@ def run(
     data, data_note = eval_images(max(*batches, images_b1))
     rows = []
     for batch in batches:
-        chunks = [data.images[i : i + 1] for i in range(images_b1)] if batch == 1 else [data.images[:batch]]
+        chunks = batch_chunks(data.images, batch, images_b1)
         inputs = {name: [to_device(c, models[name], settings) for c in chunks] for name in models}
         n_images = sum(len(c) for c in chunks)
         with inference(settings):

@@ -38,6 +38,7 @@ from drnets.router import Router
 from .common import (
     Settings,
     add_settings_args,
+    batch_chunks,
     eval_images,
     format_table,
     inference,
@@ -106,7 +107,7 @@ def run(
     data, data_note = eval_images(max(*batches, images_b1))
     rows = []
     for batch in batches:
-        chunks = [data.images[i : i + 1] for i in range(images_b1)] if batch == 1 else [data.images[:batch]]
+        chunks = batch_chunks(data.images, batch, images_b1)
         inputs = {name: [to_device(c, loaded[name], settings) for c in chunks] for name in MODELS}
         with inference(settings):
             traces = [models["drnet"](x)[1] for x in inputs["drnet"]]
