@@ -249,7 +249,8 @@ class FactorizedReduce(Branch):
         # the heap (a crash training 4-channel DRNets; tests/test_ops.py), the stride-1 one does not.
         h, w = x.shape[-2:]
         even, odd = x[:, :, ::2, ::2], x[:, :, 1::2, 1::2]
-        if h % 2 == 0 and w % 2 == 0 and folds(self.conv_1, self.bn):  # no zero padding for the BN to shift
+        even_size = h % 2 == 0 and w % 2 == 0  # no zero padding for the BN to shift
+        if even_size and folds(self.conv_1, self.bn) and folds(self.conv_2, self.bn):
             return torch.cat(
                 [
                     folded_conv(self.conv_1, self.bn, even),

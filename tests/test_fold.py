@@ -168,3 +168,14 @@ def test_folding_can_be_switched_off_for_a_comparison() -> None:
         with folding(False):
             assert batch_norm_calls(lambda: stack(x)) == 1
         assert batch_norm_calls(lambda: stack(x)) == 0
+
+
+def test_a_hook_on_either_convolution_of_factorized_reduce_unfolds_it() -> None:
+    reduce = randomize_batch_norms(FactorizedReduce(6, 6))
+    x = torch.randn(2, 6, 8, 8)
+    seen = []
+    handle = reduce.conv_2.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    with torch.no_grad():
+        reduce(x)
+    handle.remove()
+    assert seen == [torch.Size([2, 3, 4, 4])]
