@@ -40,6 +40,9 @@ LABELS = {"drnet": "DRNet", "mobilenetv2": "MobileNetV2", "dense": "Dense supern
 # Latency: the median of a few rounds, each calling every model once on the image (round-robin, as
 # bench/ does), so a busy CPU (the browser drawing the page on the same cores) slows all models alike.
 LATENCY_ROUNDS = 3  # all three models, 3 rounds: about 75 ms per new image or threshold on 2 cores
+# A timing taken while the server was busy (another session, a test run) must not stick to the image:
+# it is measured again on the first rerun after this many seconds.
+LATENCY_TTL_S = 60
 
 
 def default_models_dir() -> str:
@@ -239,7 +242,7 @@ def run_all(models: ModelSet, digest: str, x: torch.Tensor, threshold: float, to
     return runs
 
 
-@st.cache_data(show_spinner=False, max_entries=512)
+@st.cache_data(show_spinner=False, max_entries=512, ttl=LATENCY_TTL_S)
 def measure_latency(
     _models: ModelSet, models_key: str, digest: str, _x: torch.Tensor, threshold: float, top_k: int | None
 ) -> dict[str, float]:

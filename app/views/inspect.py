@@ -155,7 +155,8 @@ def cost_ui(a: Analysis, models: ModelSet) -> None:
         delta_color="inverse",
         help=(
             f"Median of {LATENCY_ROUNDS} rounds at batch size 1 on this server, each round running every "
-            "model once, so a busy CPU slows them alike; small models on a CPU are dominated by overheads."
+            "model once, so a busy CPU slows them alike (measured again after a minute); small models on a CPU "
+            "are dominated by overheads."
         ),
     )
     table = pd.DataFrame(
