@@ -150,7 +150,9 @@ class Cell(nn.Module):
                 edge += 1
             for src, branch, i in partial:
                 idx = samples[i]
-                y = branch(_gather(states[src], idx)) * gate[i].index_select(0, idx)
+                rows = _gather(states[src], idx)  # a copy only this branch reads: its ReLU can run in place
+                y = branch(rows.relu_(), rectified=True) if branch.rectifies_input else branch(rows)
+                y = y * gate[i].index_select(0, idx)
                 node = _scatter_add_(_zeros(node_shape, states[1]) if node is None else node, idx, y)
             states.append(node if node is not None else _zeros(node_shape, states[1]))
         return torch.cat(states[2:], dim=1)

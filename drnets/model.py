@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .cell import Cell, Execution
 from .cost import CostTable, static_cost_table
-from .fold import LayerStack
+from .fold import LayerStack, relu_output
 from .ops import PRIMITIVES, MatmulConv2d, Pool, param_count, sequential_flops
 from .router import RoutingPolicy, pool_maps
 from .trace import RoutingTrace
@@ -115,18 +114,20 @@ class DRNet(nn.Module):
         # Every reader of a cell's input (the preprocessing of the next two cells) begins with a
         # ReLU, so each state is rectified once here rather than once per reader; only the last
         # cell's output, read by the classifier, stays as it is.
-        stem = self.stem(x)
-        s0 = s1 = F.relu(stem)
-        context = None
-        if self.config.router_input == "stem":
-            context = pool_maps((s1 if self.config.router_relu else stem,), self.config.router_grid)
+        stem, context = self.stem(x), None
+        reads_stem = self.config.router_input == "stem"
+        if reads_stem and not self.config.router_relu:
+            context = pool_maps((stem,), self.config.router_grid)  # before the ReLU below, which may run in place
+        s0 = s1 = relu_output(stem, self.stem, self.stem[-1])  # unfolded, the BN returned the stem's map
+        if reads_stem and self.config.router_relu:
+            context = pool_maps((s1,), self.config.router_grid)
         gates, ran = [], []
         for i, cell in enumerate(self.cells):
             forced = forced_route[:, i] if forced_route is not None else None
             out, w, r = cell(
                 s0, s1, self.policy, self.temperature, forced, self.execution, context, inputs_rectified=True
             )
-            s0, s1 = s1, (F.relu(out) if i < len(self.cells) - 1 else out)
+            s0, s1 = s1, (relu_output(out, cell) if i < len(self.cells) - 1 else out)
             gates.append(w)
             ran.append(r)
         return s1, torch.stack(gates, dim=1), torch.stack(ran, dim=1)

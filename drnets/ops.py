@@ -67,12 +67,18 @@ def param_count(module: nn.Module) -> int:
 class Branch(nn.Module):
     """A candidate branch: a layer stack plus its analytic cost."""
 
-    def __init__(self, layers: nn.Sequential):
+    def __init__(self, layers: LayerStack):
         super().__init__()
         self.op = layers
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op(x)
+    @property
+    def rectifies_input(self) -> bool:
+        """The branch begins with a ReLU, so a caller holding a map nobody else reads can rectify it in place."""
+        return len(self.op) > 0 and isinstance(self.op[0], nn.ReLU)
+
+    def forward(self, x: torch.Tensor, rectified: bool = False) -> torch.Tensor:
+        """``rectified`` (only where ``rectifies_input``): x already went through the leading ReLU."""
+        return self.op(x, start=1) if rectified else self.op(x)
 
     def flops(self, h: int, w: int) -> int:
         return sequential_flops(self.op, h, w)[0]

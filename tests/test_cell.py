@@ -45,16 +45,18 @@ def test_sparse_execution_equals_masked_reference(tiny_model, mixed_batch, polic
 
 
 @contextmanager
-def branch_inputs(model) -> Iterator[dict[tuple[int, int, int], list[torch.Tensor]]]:
-    """Record the input of every call of every branch, keyed by (cell, edge, branch)."""
-    calls: dict[tuple[int, int, int], list[torch.Tensor]] = {}
+def branch_inputs(model) -> Iterator[dict[tuple[int, int, int], list[tuple[torch.Tensor, bool]]]]:
+    """Record the input of every call of every branch and whether it came rectified, keyed by (cell, edge, branch)."""
+    calls: dict[tuple[int, int, int], list[tuple[torch.Tensor, bool]]] = {}
     handles = []
     for l, cell in enumerate(model.cells):
         for e, edge in enumerate(cell.branches):
             for k, branch in enumerate(edge):
                 calls[(l, e, k)] = []
-                hook = lambda module, args, key=(l, e, k): calls[key].append(args[0].detach().clone())
-                handles.append(branch.register_forward_pre_hook(hook))
+                hook = lambda module, args, kwargs, key=(l, e, k): calls[key].append(
+                    (args[0].detach().clone(), kwargs.get("rectified", False))
+                )
+                handles.append(branch.register_forward_pre_hook(hook, with_kwargs=True))
     try:
         yield calls
     finally:
@@ -90,9 +92,13 @@ def test_each_branch_runs_once_on_exactly_the_samples_that_selected_it(tiny_mode
             assert inputs == [], f"branch {key} ran although no sample selected it"
             continue
         assert len(inputs) == 1, f"branch {key} called {len(inputs)} times"
-        assert inputs[0].shape[0] == len(selected)
-        # The rows it saw are exactly the selected samples' inputs (as the reference computed them).
-        torch.testing.assert_close(inputs[0], reference[key][0][selected], atol=1e-5, rtol=0)
+        (rows, rectified), ((whole_batch, _),) = inputs[0], reference[key]
+        assert rows.shape[0] == len(selected)
+        # The rows it saw are exactly the selected samples' inputs (as the reference computed them);
+        # a sub-batch reaches a ReLU-led branch already rectified (its copy, rectified in place).
+        assert rectified == (len(selected) < len(x) and model.cells[key[0]].branches[key[1]][key[2]].rectifies_input)
+        expected = whole_batch[selected]
+        torch.testing.assert_close(rows, expected.relu() if rectified else expected, atol=1e-5, rtol=0)
 
 
 def test_forced_route_is_obeyed(tiny_model, mixed_batch) -> None:
@@ -108,7 +114,7 @@ def test_forced_route_is_obeyed(tiny_model, mixed_batch) -> None:
     # The router still reports its weights; later cells see other inputs, so only cell 0's must match.
     torch.testing.assert_close(trace.gates[:, 0], natural.gates[:, 0])
     for key, inputs in calls.items():
-        assert sum(len(i) for i in inputs) == int(route[(slice(None), *key)].sum())
+        assert sum(len(rows) for rows, _ in inputs) == int(route[(slice(None), *key)].sum())
     ref_logits, _ = run(model, x, "masked", forced_route=route)
     torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=0)
     flops = model.cost_table(28, 28).route_cost(route)[2]

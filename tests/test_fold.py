@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn.utils import parametrize, prune
 from torch.profiler import ProfilerActivity, profile
 
-from drnets.fold import LayerStack, conv_bn, folding
+from drnets.fold import LayerStack, conv_bn, folding, relu_output
 from drnets.model import create_model
 from drnets.ops import FactorizedReduce, ReLUConvBN, create_branch
 
@@ -179,3 +179,48 @@ def test_a_hook_on_either_convolution_of_factorized_reduce_unfolds_it() -> None:
         reduce(x)
     handle.remove()
     assert seen == [torch.Size([2, 3, 4, 4])]
+
+
+def test_relu_output_runs_in_place_only_where_nothing_else_can_hold_the_map() -> None:
+    producer = nn.Conv2d(2, 2, 1)
+    x = torch.randn(1, 2, 3, 3)
+    with torch.no_grad():
+        y = x.clone()
+        assert relu_output(y, producer) is y and torch.equal(y, x.relu())  # no hook, no autograd: in place
+        handle = producer.register_forward_hook(lambda module, args, out: None)
+        y = x.clone()
+        assert relu_output(y, producer) is not y and torch.equal(y, x)  # a hook may hold the raw map
+        handle.remove()
+        handle = nn.modules.module.register_module_forward_hook(lambda module, args, out: None)
+        y = x.clone()
+        assert relu_output(y, producer) is not y and torch.equal(y, x)
+        handle.remove()
+    y = x.clone().requires_grad_()
+    assert relu_output(y, producer) is not y  # autograd: out of place
+
+
+def test_a_cell_hook_sees_the_cell_output_before_the_models_relu() -> None:
+    """The model rectifies cell outputs in place at inference unless a hook on the cell could hold them."""
+    model = randomize_batch_norms(create_model("drnet", channels=8, num_nodes=2))
+    x = torch.randn(3, 1, 28, 28)
+    seen = []
+    handle = model.cells[0].register_forward_hook(lambda module, args, out: seen.append(out[0]))
+    with torch.inference_mode():
+        hooked_logits = model(x)[0]
+    handle.remove()
+    assert (seen[0] < 0).any()  # raw, not rectified after the hook ran
+    with torch.inference_mode():
+        assert torch.allclose(model(x)[0], hooked_logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("make", BRANCHES[:5])
+def test_a_relu_led_branch_given_rectified_rows_skips_its_relu(make) -> None:
+    branch = randomize_batch_norms(make())
+    assert branch.rectifies_input
+    x = torch.randn(3, 6, 9, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(branch(x.relu(), rectified=True), branch(x), atol=1e-5, rtol=0)
+    assert (
+        not create_branch("max_pool_3x3", 6, 1).rectifies_input
+        and not create_branch("skip_connect", 6, 1).rectifies_input
+    )
