@@ -73,8 +73,10 @@ class Branch(nn.Module):
 
     @property
     def rectifies_input(self) -> bool:
-        """The branch begins with a ReLU, so a caller holding a map nobody else reads can rectify it in place."""
-        return len(self.op) > 0 and isinstance(self.op[0], nn.ReLU)
+        """The branch begins with a ReLU (unhooked: ``rectified=True`` skips it), so a caller holding a map
+        nobody else reads can rectify it in place."""
+        first = self.op[0] if len(self.op) else None
+        return isinstance(first, nn.ReLU) and not (first._forward_pre_hooks or first._forward_hooks)
 
     def forward(self, x: torch.Tensor, rectified: bool = False) -> torch.Tensor:
         """``rectified`` (only where ``rectifies_input``): x already went through the leading ReLU."""

@@ -224,3 +224,5 @@ def test_a_relu_led_branch_given_rectified_rows_skips_its_relu(make) -> None:
         not create_branch("max_pool_3x3", 6, 1).rectifies_input
         and not create_branch("skip_connect", 6, 1).rectifies_input
     )
+    branch.op[0].register_forward_hook(lambda module, args, out: None)
+    assert not branch.rectifies_input  # its hooked ReLU must run as a module
