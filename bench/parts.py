@@ -63,9 +63,11 @@ def timed_modules(model: DRNet) -> Iterator[tuple[str, nn.Module]]:
     Branches are named by kind, with "/s2" where they stride.
     """
     yield "stem", model.stem
+    if model.shared_routers is not None:  # at inference every cell's router runs in this one call
+        yield "router MLPs", model.shared_routers
     for cell in model.cells:
         yield from (("preprocessing", pre) for pre in (cell.preprocess0, cell.preprocess1))
-        if isinstance(cell.router, Router):
+        if model.shared_routers is None and isinstance(cell.router, Router):
             yield from (("router MLPs", m) for m in (cell.router.fc1, cell.router.fc2))
         for (src, _), candidates in zip(cell.edges, cell.branches):
             suffix = "/s2" if cell.edge_stride(src) == 2 else ""

@@ -99,6 +99,7 @@ class Cell(nn.Module):
         execution: Execution = "sparse",
         context: torch.Tensor | None = None,
         inputs_rectified: bool = False,
+        logits: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns (cell output [B, N*c, H', W'], gate weights [B, E, K], ran mask [B, E, K]).
 
@@ -106,10 +107,12 @@ class Cell(nn.Module):
         the route of a real image fixed while attribution methods perturb it. ``context``
         is what a stem-reading router reads: the stem output already through ``pool_maps``.
         ``inputs_rectified``: s0 and s1 already went through the ReLU that begins the
-        preprocessing, so it is not applied again.
+        preprocessing, so it is not applied again. ``logits``: this router's logits [B, E, K],
+        already computed (``SharedInputRouters`` runs every cell's router at once).
         """
         s0, s1 = self.preprocess0(s0, rectified=inputs_rectified), self.preprocess1(s1, rectified=inputs_rectified)
-        logits = self.router.logits(context) if context is not None else self.router(s0, s1)
+        if logits is None:
+            logits = self.router.logits(context) if context is not None else self.router(s0, s1)
         weights, ran = self.route(logits, policy, temperature)
         if forced_ran is not None:
             ran = forced_ran.to(ran.device).expand_as(ran)

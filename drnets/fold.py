@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 import torch
 from torch import nn
 from torch.nn.modules import module as module_hooks
 
+T = TypeVar("T")
 _enabled = contextvars.ContextVar("drnets_fold_batch_norms", default=True)
 
 
@@ -81,17 +83,9 @@ def _folded_weights(conv: nn.Conv2d, bn: nn.BatchNorm2d, first_channel: int) -> 
         bn._buffers["running_mean"],
         bn._buffers["running_var"],
     )
-    # An optimiser step or load_state_dict changes a tensor in place (its version), .to() replaces it.
-    # Tensors made under inference_mode keep no version: those folds are never cached.
-    try:
-        key = (first_channel, *((t._version, t.data_ptr()) for t in sources if t is not None))
-    except RuntimeError:
-        key = None
-    cached = conv.__dict__.get("_folded_bn")
-    if key is not None and cached is not None and cached[0] == key:
-        return cached[1], cached[2]
-    channels = slice(first_channel, first_channel + conv.out_channels)
-    with torch.inference_mode(False), torch.no_grad():  # plain tensors: usable outside inference mode too
+
+    def fold() -> tuple[torch.Tensor, torch.Tensor]:
+        channels = slice(first_channel, first_channel + conv.out_channels)
         scale = torch.rsqrt(bn.running_var[channels] + bn.eps)
         shift = -bn.running_mean[channels] * scale
         if bn.weight is not None:
@@ -99,9 +93,29 @@ def _folded_weights(conv: nn.Conv2d, bn: nn.BatchNorm2d, first_channel: int) -> 
             shift = shift * bn.weight[channels] + bn.bias[channels]
         if conv.bias is not None:
             shift = shift + conv.bias * scale
-        weight = conv.weight * scale.view(-1, 1, 1, 1)
-    conv.__dict__["_folded_bn"] = (key, weight, shift)
-    return weight, shift
+        return conv.weight * scale.view(-1, 1, 1, 1), shift
+
+    return derived_tensors(conv, "_folded_bn", sources, fold, first_channel)
+
+
+def derived_tensors(
+    holder: nn.Module, name: str, sources: Sequence[torch.Tensor | None], build: Callable[[], T], tag: object = None
+) -> T:
+    """``build()``'s tensors, made from ``sources`` without autograd and cached on ``holder`` until one of the
+    sources changes: an optimiser step or ``load_state_dict`` changes a tensor in place (its version),
+    ``.to()`` replaces it (its data pointer). Tensors made under inference mode keep no version: what is
+    built from them is never cached. ``tag`` tells apart several values cached under one name."""
+    try:
+        key = (tag, *((t._version, t.data_ptr()) for t in sources if t is not None))
+    except RuntimeError:
+        key = None
+    cached = holder.__dict__.get(name)
+    if key is not None and cached is not None and cached[0] == key:
+        return cached[1]
+    with torch.inference_mode(False), torch.no_grad():  # plain tensors: usable outside inference mode too
+        value = build()
+    holder.__dict__[name] = (key, value)
+    return value
 
 
 class LayerStack(nn.Sequential):

@@ -18,7 +18,7 @@ from .cell import Cell, Execution
 from .cost import CostTable, static_cost_table
 from .fold import LayerStack, relu_output
 from .ops import PRIMITIVES, MatmulConv2d, Pool, param_count, sequential_flops
-from .router import RoutingPolicy, pool_maps
+from .router import Router, RoutingPolicy, SharedInputRouters, pool_maps
 from .trace import RoutingTrace
 
 
@@ -100,6 +100,9 @@ class DRNet(nn.Module):
             cells.append(cell)
             c_pp, c_p, reduction_prev = c_p, cell.out_channels, reduction
         self.cells = nn.ModuleList(cells)
+        routers = [cell.router for cell in cells]
+        shared = config.router_input == "stem" and all(isinstance(r, Router) for r in routers)
+        self.shared_routers = SharedInputRouters(routers) if shared else None
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_p, config.num_classes)
         self._cost_tables: dict[tuple[int, int], CostTable] = {}
@@ -121,12 +124,15 @@ class DRNet(nn.Module):
         s0 = s1 = relu_output(stem, self.stem, self.stem[-1])  # unfolded, the BN returned the stem's map
         if reads_stem and self.config.router_relu:
             context = pool_maps((s1,), self.config.router_grid)
+        shared = self.shared_routers
+        logits = shared(context) if shared is not None and shared.usable() else None  # [L, B, E, K]
         gates, ran = [], []
         for i, cell in enumerate(self.cells):
             forced = forced_route[:, i] if forced_route is not None else None
             out, w, r = cell(
-                s0, s1, self.policy, self.temperature, forced, self.execution, context, inputs_rectified=True
-            )
+                s0, s1, self.policy, self.temperature, forced, self.execution, context, inputs_rectified=True,
+                logits=logits[i] if logits is not None else None,
+            )  # fmt: skip
             s0, s1 = s1, (relu_output(out, cell) if i < len(self.cells) - 1 else out)
             gates.append(w)
             ran.append(r)

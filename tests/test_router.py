@@ -138,3 +138,48 @@ def test_relu_router_sees_texture_that_averages_out() -> None:
     assert torch.allclose(plain(flat), plain(checker))
     rectifying = Router(3, 10, 5, 7, grid=2, relu=True)
     assert not torch.allclose(rectifying(flat), rectifying(checker))
+
+
+def shared_model():
+    from drnets.model import create_model
+
+    model = create_model("drnet", channels=8, num_nodes=2, router_grid=2).eval()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for cell in model.cells:
+            for p in cell.router.parameters():
+                p.copy_(torch.randn(p.shape, generator=g))
+    return model
+
+
+def test_shared_routers_give_each_routers_own_logits() -> None:
+    model = shared_model()
+    pooled = torch.randn(5, model.cells[0].router.fc1.in_features)
+    with torch.no_grad():
+        stacked = model.shared_routers(pooled)
+        torch.testing.assert_close(stacked, torch.stack([c.router.logits(pooled) for c in model.cells]))
+        model.cells[2].router.fc2.bias.add_(1.0)  # an in-place change: the stacked weights follow it
+        torch.testing.assert_close(model.shared_routers(pooled)[2], model.cells[2].router.logits(pooled))
+    assert not any("shared_routers" in key for key in model.state_dict())  # no second copy of the routers
+
+
+def test_the_model_uses_shared_routers_only_where_the_routers_themselves_would_give_the_same() -> None:
+    model = shared_model()
+    x = torch.randn(4, 1, 28, 28)
+    calls = []
+    handle = model.shared_routers.register_forward_hook(lambda module, args, out: calls.append(1))
+    with torch.no_grad():
+        logits, trace = model(x)
+    assert calls == [1]
+    with torch.enable_grad():  # attributions: each cell runs its own router
+        per_cell_logits, per_cell = model(x)
+    assert calls == [1]
+    torch.testing.assert_close(logits, per_cell_logits.detach(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(trace.gates, per_cell.gates.detach())
+    assert torch.equal(trace.ran, per_cell.ran)
+    router_calls = []
+    model.cells[1].router.fc1.register_forward_hook(lambda module, args, out: router_calls.append(1))
+    with torch.no_grad():
+        model(x)
+    assert calls == [1] and router_calls == [1]  # a hooked router layer runs as a module
+    handle.remove()
