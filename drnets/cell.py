@@ -99,7 +99,7 @@ class Cell(nn.Module):
         execution: Execution = "sparse",
         context: torch.Tensor | None = None,
         inputs_rectified: bool = False,
-        logits: torch.Tensor | None = None,
+        routed: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns (cell output [B, N*c, H', W'], gate weights [B, E, K], ran mask [B, E, K]).
 
@@ -107,13 +107,15 @@ class Cell(nn.Module):
         the route of a real image fixed while attribution methods perturb it. ``context``
         is what a stem-reading router reads: the stem output already through ``pool_maps``.
         ``inputs_rectified``: s0 and s1 already went through the ReLU that begins the
-        preprocessing, so it is not applied again. ``logits``: this router's logits [B, E, K],
-        already computed (``SharedInputRouters`` runs every cell's router at once).
+        preprocessing, so it is not applied again. ``routed``: this cell's gate weights and run
+        mask, already computed (the model routes every cell at once where it can, see
+        ``SharedInputRouters``).
         """
         s0, s1 = self.preprocess0(s0, rectified=inputs_rectified), self.preprocess1(s1, rectified=inputs_rectified)
-        if logits is None:
+        if routed is None:
             logits = self.router.logits(context) if context is not None else self.router(s0, s1)
-        weights, ran = self.route(logits, policy, temperature)
+            routed = self.route(logits, policy, temperature)
+        weights, ran = routed
         if forced_ran is not None:
             ran = forced_ran.to(ran.device).expand_as(ran)
         run = self._run_sparse if execution == "sparse" else self._run_masked

@@ -18,7 +18,7 @@ from .cell import Cell, Execution
 from .cost import CostTable, static_cost_table
 from .fold import LayerStack, relu_output
 from .ops import PRIMITIVES, MatmulConv2d, Pool, param_count, sequential_flops
-from .router import Router, RoutingPolicy, SharedInputRouters, pool_maps
+from .router import Router, RoutingPolicy, SharedInputRouters, pool_maps, recalibrate, select
 from .trace import RoutingTrace
 
 
@@ -124,19 +124,27 @@ class DRNet(nn.Module):
         s0 = s1 = relu_output(stem, self.stem, self.stem[-1])  # unfolded, the BN returned the stem's map
         if reads_stem and self.config.router_relu:
             context = pool_maps((s1,), self.config.router_grid)
-        shared = self.shared_routers
-        logits = shared(context) if shared is not None and shared.usable() else None  # [L, B, E, K]
+        routes = self._route_every_cell(context)
         gates, ran = [], []
         for i, cell in enumerate(self.cells):
             forced = forced_route[:, i] if forced_route is not None else None
             out, w, r = cell(
                 s0, s1, self.policy, self.temperature, forced, self.execution, context, inputs_rectified=True,
-                logits=logits[i] if logits is not None else None,
+                routed=(routes[0][i], routes[1][i]) if routes is not None else None,
             )  # fmt: skip
             s0, s1 = s1, (relu_output(out, cell) if i < len(self.cells) - 1 else out)
             gates.append(w)
             ran.append(r)
         return s1, torch.stack(gates, dim=1), torch.stack(ran, dim=1)
+
+    def _route_every_cell(self, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Gate weights and run masks [L, B, E, K] of every cell in one pass, where all routers read the
+        pooled stem and nothing needs them run one by one (training samples Gumbel noise cell by cell)."""
+        shared = self.shared_routers
+        if shared is None or context is None or self.training or not shared.usable():
+            return None
+        weights = recalibrate(shared(context), self.temperature, training=False)
+        return weights, select(weights, self.policy)
 
     def _check_route(self, route: torch.Tensor, batch: int) -> None:
         shape = (len(self.cells), len(self.cells[0].edges), len(self.config.branches))
