@@ -164,12 +164,23 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_bf16_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
+    """The CPU's native bfloat16 instruction sets (Linux ``/proc/cpuinfo``); empty without them or elsewhere.
+    With them, ``--amp`` (bf16 autocast) is worth timing on the CPU too (docs/BENCHMARKS.md, section 1)."""
+    with contextlib.suppress(OSError):
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("flags"):
+                return sorted(set(line.split(":", 1)[1].split()) & {"amx_bf16", "avx512_bf16"})
+    return []
+
+
 def machine(settings: Settings) -> dict[str, Any]:
     """Where the numbers come from; the load average says whether other work shared the CPU."""
     cores = os.cpu_count() or 1
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     info = {
         "cpu": cpu_model(),
+        "cpu_bf16": cpu_bf16_flags(),
         "cores": cores,
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -388,5 +399,7 @@ def print_header(title: str, info: dict[str, Any], notes: list[str]) -> None:
         f"warm-up {s['warmup']}, repeats {s['repeats']} (median), allocator {info['allocator']}, "
         f"BN {'folded' if s['fold_bn'] else 'not folded'}"
     )
+    if info.get("cpu_bf16") and not s["amp"] and s["device"] == "cpu":
+        print(f"NOTE: this CPU computes bf16 natively ({', '.join(info['cpu_bf16'])}); --amp times bf16 autocast")
     for note in notes:
         print(f"NOTE: {note}")

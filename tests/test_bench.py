@@ -21,7 +21,15 @@ from torch.profiler import ProfilerActivity, profile
 
 from bench import app_path, breakdown, latency, masked, parts, pooling, sweep, train_throughput
 from bench.__main__ import main as bench_main
-from bench.common import MODELS, Settings, add_settings_args, inference, load_model, settings_from_args
+from bench.common import (
+    MODELS,
+    Settings,
+    add_settings_args,
+    cpu_bf16_flags,
+    inference,
+    load_model,
+    settings_from_args,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = Settings(device="cpu", warmup=0, repeats=1)
@@ -235,6 +243,7 @@ def test_cli_prints_one_json_object_with_the_headline_numbers() -> None:
     for key in HEADLINE:
         assert positive(report[key]), f"{key} = {report[key]!r}"
     assert report["machine"]["cpu"] and report["machine"]["torch"] == torch.__version__
+    assert set(report["machine"]["cpu_bf16"]) <= {"amx_bf16", "avx512_bf16"}
     assert set(report["definitions"]) >= {"realized_speedup", "flops_ratio", "drnet_vs_mobilenetv2"}
     assert {g["metric"] for g in report["goals"]} >= {"efficiency_b1", "app_path_ms", "train_speedup"}
     assert set(report["results"]) == {"latency", "masked", "train", "app_path", "sweep"}
@@ -250,3 +259,18 @@ def test_latency_times_another_drnet_checkpoint_or_says_why_not(tmp_path: Path) 
     with pytest.raises(SystemExit, match="holds a 'dense' model, not a 'drnet' one"):
         parts.main(["--drnet", str(ROOT / "assets" / "models" / "dense"), "--batches", "1"])
     assert parts.run(TINY, batches=(2,), images_b1=1, drnet=shipped)["models"]["drnet"] == "assets/models/drnet"
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ("fpu sse2 avx2 avx512f avx512_bf16 amx_tile amx_bf16", ["amx_bf16", "avx512_bf16"]),
+        ("fpu sse2 avx2 avx512f", []),
+    ],
+)
+def test_machine_record_names_the_cpus_native_bf16(tmp_path: Path, flags: str, expected: list[str]) -> None:
+    """So a reader of the JSON knows whether ``--amp`` (bf16 autocast) was worth timing on that CPU."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n")
+    assert cpu_bf16_flags(cpuinfo) == expected
+    assert cpu_bf16_flags(tmp_path / "missing") == []
