@@ -128,8 +128,8 @@ class LayerStack(nn.Sequential):
         while i < len(layers):
             layer = layers[i]
             after = layers[i + 1] if i + 1 < len(layers) else None
-            if isinstance(layer, nn.Conv2d) and isinstance(after, nn.BatchNorm2d) and folds(layer, after):
-                x = folded_conv(layer, after, x)
+            if isinstance(layer, nn.Conv2d) and isinstance(after, nn.BatchNorm2d):
+                x = conv_bn(layer, after, x)
                 i += 2
             else:
                 x = layer(x)

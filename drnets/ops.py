@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .fold import LayerStack, conv_bn, folded_conv, folds
+from .fold import LayerStack, folded_conv, folds
 
 # Order matters: it is the last axis of every gate tensor [B, E, K].
 PRIMITIVES: tuple[str, ...] = (
@@ -144,10 +144,6 @@ class ReLUConvBN(Branch):
                 nn.BatchNorm2d(c_out, affine=affine),
             )
         )
-
-    def forward(self, x: torch.Tensor, rectified: bool = False) -> torch.Tensor:
-        """``rectified``: x already went through the ReLU (see ``DRNet.forward_features``), so it is not applied again."""
-        return conv_bn(self.op[1], self.op[2], x if rectified else self.op[0](x))
 
 
 class DilConv(Branch):
