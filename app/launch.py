@@ -22,9 +22,8 @@ from typing import Any
 
 import tomllib
 
-ROOT = Path(__file__).resolve().parent.parent
-CONFIG = ROOT / "streamlit_config.toml"
-MAIN = ROOT / "app" / "main.py"
+from app.paths import MAIN, ROOT, SERVER_CONFIG
+
 RAM_DIR = Path("/dev/shm") / f"drnets-app-{os.getuid()}"  # tmpfs on Linux: temporary files stay in memory
 
 
@@ -80,7 +79,7 @@ def parse_overrides(args: Sequence[str]) -> dict[str, str]:
     return overrides
 
 
-def read_config(path: Path = CONFIG) -> dict[str, Any]:
+def read_config(path: Path = SERVER_CONFIG) -> dict[str, Any]:
     try:
         return flatten(tomllib.loads(path.read_text()))
     except FileNotFoundError:
@@ -89,7 +88,7 @@ def read_config(path: Path = CONFIG) -> dict[str, Any]:
         raise LaunchError(f"{path} is not valid TOML: {err}") from None
 
 
-def resolve_options(args: Sequence[str] = (), config_path: Path = CONFIG) -> dict[str, Any]:
+def resolve_options(args: Sequence[str] = (), config_path: Path = SERVER_CONFIG) -> dict[str, Any]:
     """The file's options with the command line's on top."""
     return {**read_config(config_path), **parse_overrides(args)}
 
@@ -105,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         command = build_command(options)
     except LaunchError as err:
         sys.exit(f"app.launch: {err}")
-    print(f"drnets app: http://localhost:{options.get('server.port', 8501)} (settings from {CONFIG.name})")
+    print(f"drnets app: http://localhost:{options.get('server.port', 8501)} (settings from {SERVER_CONFIG.name})")
     env = server_env(os.environ)
     sys.stdout.flush()
     # exec, not a child process: the launcher's pid is the server's, so stopping one stops the other.

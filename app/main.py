@@ -6,10 +6,11 @@ Start it with ``python -m app.launch`` (or ``make run``) so that streamlit_confi
 import sys
 from pathlib import Path
 
-# `streamlit run app/main.py` puts app/ on sys.path, not the repository root that `app.*` lives in.
-ROOT = str(Path(__file__).resolve().parent.parent)
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+# `streamlit run app/main.py` puts app/ on sys.path, not the repository root that `app.*` lives in
+# (so app.paths.ROOT cannot be imported yet).
+_repository = str(Path(__file__).resolve().parent.parent)
+if _repository not in sys.path:
+    sys.path.insert(0, _repository)
 
 import streamlit as st
 

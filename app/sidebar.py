@@ -9,7 +9,8 @@ from __future__ import annotations
 import streamlit as st
 
 from app import state
-from app.services import ModelSet, default_models_dir, list_samples, load_models
+from app.models import ModelSet, default_models_dir, load_models
+from app.samples import list_samples, sample_title
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"]
 MAX_THRESHOLD = 0.5  # above this almost every edge would be skipped
@@ -37,7 +38,7 @@ def images_ui() -> None:
     st.selectbox(
         "Sample from the test set",
         [None, *samples],
-        format_func=lambda name: "none" if name is None else state.sample_label(name).removeprefix("sample: "),
+        format_func=lambda name: "none" if name is None else sample_title(name),
         placeholder="none",
         key=state.SAMPLE,
         help="Fashion-MNIST test images shipped with the app." if samples else "No samples found in assets/samples/.",

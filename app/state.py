@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from app.services import ImageSource, read_sample
+from app.analysis import ImageSource
+from app.samples import list_samples, read_sample, sample_title
 
 MAX_NAME = 60  # characters of an uploaded file's name shown in the pages
 
@@ -46,7 +47,7 @@ def images() -> list[ImageSource]:
     picked = [ImageSource.of(display_name(f.name), f.getvalue()) for f in st.session_state.get(UPLOADS) or []]
     sample = st.session_state.get(SAMPLE)
     if sample:
-        picked.append(ImageSource.of(sample_label(sample), read_sample(sample)))
+        picked.append(sample_source(sample))
     unique = {source.digest: source for source in reversed(picked)}  # first occurrence wins
     return [source for source in picked if unique[source.digest] is source]
 
@@ -64,4 +65,15 @@ def display_name(file_name: str) -> str:
 
 def sample_label(file_name: str) -> str:
     """'Ankle-boot_2.png' -> 'sample: Ankle-boot 2'."""
-    return "sample: " + file_name.rsplit(".", 1)[0].replace("_", " ")
+    return "sample: " + sample_title(file_name)
+
+
+def sample_source(file_name: str) -> ImageSource:
+    """A shipped sample as the pages show it, named by ``sample_label``."""
+    return ImageSource.of(sample_label(file_name), read_sample(file_name))
+
+
+def first_sample() -> ImageSource | None:
+    """The first shipped sample, for a page that needs an image when none is picked."""
+    samples = list_samples()
+    return sample_source(samples[0]) if samples else None

@@ -18,8 +18,11 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from app import export, figures, state
-from app.services import LATENCY_ROUNDS, load_models, measure_latency, samples_dir, warm_up
+from app import export, state
+from app.figures.images import prediction_bars
+from app.models import default_models_dir, load_models, warm_up
+from app.samples import samples_dir
+from app.timing import LATENCY_ROUNDS, measure_latency
 from drnets.checkpoint import load_checkpoint, save_checkpoint
 from drnets.data import FASHION_MNIST_CLASSES, to_input
 from drnets.model import create_model
@@ -176,7 +179,7 @@ def test_exports_hold_the_trace_of_every_image(models_dir: Path) -> None:
     document = json.loads(export.trace_json(samples, cells, branches, {"threshold": 0.1}))
     assert [s["flops"] for s in document["samples"]] == trace.flops.tolist()
     assert len(document["cells"]) == 2 * layers and document["settings"] == {"threshold": 0.1}
-    html = export.figure_html(figures.prediction_bars(trace.probs[0], ckpt.class_names))
+    html = export.figure_html(prediction_bars(trace.probs[0], ckpt.class_names))
     assert "<html>" in html[:100] and "plotly" in html and "<script src=" not in html, "self-contained: opens offline"
 
 
@@ -197,8 +200,6 @@ def _png(pixels: np.ndarray) -> bytes:
 
 def _shared_drnet():
     """The DRNet instance the app's cache_resource hands to every session."""
-    from app.services import default_models_dir, load_models
-
     return load_models(default_models_dir()).drnet()
 
 
@@ -246,7 +247,7 @@ def test_a_checkpoint_that_cannot_run_at_its_own_input_size_is_reported_not_rais
 
 def test_latency_times_every_model_once_per_round(tmp_path: Path) -> None:
     """Round-robin, as bench/ does: a CPU busy drawing the page then slows every model alike,
-    instead of whichever model happened to be timed at that moment (DRNet once showed +88%)."""
+    instead of whichever model happens to be timed at that moment."""
     torch.manual_seed(0)
     for name in ("drnet", "mobilenetv2"):
         model = create_model(name, channels=4, num_nodes=2) if name == "drnet" else create_model(name)
@@ -255,7 +256,8 @@ def test_latency_times_every_model_once_per_round(tmp_path: Path) -> None:
     calls: list[str] = []
     hooks = [models.get(n).model.register_forward_pre_hook(lambda *_, n=n: calls.append(n)) for n in models.checkpoints]
     x = to_input(torch.randint(0, 256, (1, 28, 28, 1), dtype=torch.uint8), models.mean, models.std)
-    seconds = measure_latency(models, models.key, "round-robin-test", x, 0.1, None)
+    ready = {name: ckpt.model for name, ckpt in models.checkpoints.items()}
+    seconds = measure_latency(ready, models.key, "round-robin-test", models.on_device(x), 0.1, None)
     for hook in hooks:
         hook.remove()
     assert calls == list(models.checkpoints) * LATENCY_ROUNDS

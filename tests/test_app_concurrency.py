@@ -1,9 +1,9 @@
 """Eight sessions at once (issue 5): each gets its own correct answer; the shared model is never touched.
 
 Eight threads, one per session, each run a different test image at a different routing
-threshold through the app's service layer and ask for attributions; the results are compared with a serial computation made here without the app,
-and the model that st.cache_resource shares between sessions is checked for changed weights,
-a changed routing policy and left-over Captum hooks.
+threshold through the app's analysis module and ask for attributions; the results are compared
+with a serial computation made here without the app, and the model that st.cache_resource shares
+between sessions is checked for changed weights, a changed routing policy and left-over Captum hooks.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from app import state
-from app.services import ImageSource, analyse, default_models_dir, explain, load_models
+from app.analysis import ImageSource, analyse, explain
+from app.models import default_models_dir, load_models
 from app.ui import si
 from drnets.attribution import attribute
 from drnets.checkpoint import load_checkpoint
@@ -55,13 +56,13 @@ def fashion_pngs() -> list[bytes]:
 def session(i: int, image: bytes) -> dict:
     """One user: upload an image at a threshold, run every model, ask for attributions.
 
-    Sessions call the app's service layer, where the sharing happens (``st.cache_resource``
+    Sessions call the app's analysis module, where the sharing happens (``st.cache_resource``
     models, ``st.cache_data`` results, attributions). AppTest itself is not thread-safe (its
     runs share one global Streamlit runtime), so the page-level check runs once, afterwards.
     """
     shared = load_models(default_models_dir())
     source = ImageSource.of(f"image{i}.png", image)
-    analysis = analyse(shared, source, THRESHOLDS[i], None, 20 * 1024 * 1024)
+    analysis = analyse(shared, source, THRESHOLDS[i], None)
     x = analysis.prepared.tensor
     maps = {
         name: explain(shared, shared.key, source.digest, x, name, "gradcam", THRESHOLDS[i], None).heatmap

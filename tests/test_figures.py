@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from app import figures as F
+from app.figures import common, dataset, images, routing
 from drnets.data import load_dataset, normalization, to_input
 from drnets.model import create_model
 from drnets.router import RoutingPolicy
@@ -99,11 +99,11 @@ def _hover(trace: go.Heatmap) -> np.ndarray:
 
 
 def test_labels_read_like_words():
-    assert F.branch_label("sep_conv_3x3") == "sep conv 3×3"
-    assert F.branch_label("skip_connect") == "skip connect"
-    assert F.edge_label(0, 2) == "in0→n0" and F.edge_label(2, 3) == "n0→n1"
-    assert F.cell_label(0, False) == "cell 0 (normal)" and F.cell_label(2, True) == "cell 2 (reduction)"
-    assert F.branch_color("sep_conv_3x3") != F.branch_color("sep_conv_5x5")
+    assert common.branch_label("sep_conv_3x3") == "sep conv 3×3"
+    assert common.branch_label("skip_connect") == "skip connect"
+    assert common.edge_label(0, 2) == "in0→n0" and common.edge_label(2, 3) == "n0→n1"
+    assert common.cell_label(0, False) == "cell 0 (normal)" and common.cell_label(2, True) == "cell 2 (reduction)"
+    assert common.branch_color("sep_conv_3x3") != common.branch_color("sep_conv_5x5")
 
 
 def test_the_model_under_test_runs_some_branches_and_skips_others(one):
@@ -116,13 +116,13 @@ def test_the_model_under_test_runs_some_branches_and_skips_others(one):
 
 
 def test_gate_heatmap_z_is_the_gates_and_marks_what_ran(one):
-    fig = F.gate_heatmap(one, THRESHOLD)
+    fig = routing.gate_heatmap(one, THRESHOLD)
     heat, veil = fig.data
     names = list(one["branch"].unique())
     expected = one.pivot(index=["cell", "edge"], columns="branch", values="gate")[names].to_numpy()
     ran = one.pivot(index=["cell", "edge"], columns="branch", values="ran")[names].to_numpy().astype(bool)
     np.testing.assert_allclose(np.asarray(heat.z, dtype=float), expected)
-    assert list(heat.x) == [F.branch_label(b) for b in names]
+    assert list(heat.x) == [common.branch_label(b) for b in names]
     np.testing.assert_array_equal(np.asarray(heat.text) == "●", ran)
     np.testing.assert_array_equal(np.isnan(np.asarray(veil.z, dtype=float)), ran)  # the veil covers skipped only
     cells_axis, edges_axis = heat.y
@@ -132,7 +132,7 @@ def test_gate_heatmap_z_is_the_gates_and_marks_what_ran(one):
 
 
 def test_gate_heatmap_shows_the_threshold_and_explains_every_cell(one):
-    fig = F.gate_heatmap(one, THRESHOLD)
+    fig = routing.gate_heatmap(one, THRESHOLD)
     heat = fig.data[0]
     assert f"t = {THRESHOLD:.2f}" in fig.layout.title.subtitle.text
     assert f"t = {THRESHOLD:.2f}" in heat.colorbar.ticktext
@@ -143,7 +143,7 @@ def test_gate_heatmap_shows_the_threshold_and_explains_every_cell(one):
     ran = one.pivot(index=["cell", "edge"], columns="branch", values="ran")[names].to_numpy().astype(bool)
     for (i, j), text in np.ndenumerate(hover):
         assert ("✓ ran" in text) == ran[i, j]
-        assert F.branch_label(names[j]) in text and f"{gates[i, j]:.3f}" in text
+        assert common.branch_label(names[j]) in text and f"{gates[i, j]:.3f}" in text
         if not ran[i, j] and gates[i, j] >= THRESHOLD:
             assert "top-k" in text
     np.testing.assert_array_equal(_hover(fig.data[1]), hover)  # the veil must not hide the explanation
@@ -160,31 +160,34 @@ def _assert_short_branch_ticks(fig: go.Figure) -> None:
 
 
 def test_gate_heatmap_branch_names_fit_a_narrow_chart(one):
-    assert F.branch_tick("sep_conv_3x3") == "sep conv<br>3×3" and F.branch_tick("skip_connect") == "skip<br>connect"
-    _assert_short_branch_ticks(F.gate_heatmap(one, THRESHOLD))
+    assert (
+        common.branch_tick("sep_conv_3x3") == "sep conv<br>3×3"
+        and common.branch_tick("skip_connect") == "skip<br>connect"
+    )
+    _assert_short_branch_ticks(routing.gate_heatmap(one, THRESHOLD))
 
 
 def test_gate_heatmap_refuses_several_samples_and_explains_static_models(routed):
     _, _, _, trace = routed
     with pytest.raises(ValueError, match="one image"):
-        F.gate_heatmap(trace.branches_frame(), THRESHOLD)
+        routing.gate_heatmap(trace.branches_frame(), THRESHOLD)
     static = create_model("mobilenetv2").eval()
     with torch.no_grad():
         _, static_trace = static(torch.zeros(1, 1, 28, 28))
-    fig = F.gate_heatmap(static_trace.branches_frame(), THRESHOLD)
+    fig = routing.gate_heatmap(static_trace.branches_frame(), THRESHOLD)
     assert not fig.data and "no router" in fig.layout.annotations[0].text
-    assert "no router" in F.route_sankey(static_trace.branches_frame()).layout.annotations[0].text
+    assert "no router" in routing.route_sankey(static_trace.branches_frame()).layout.annotations[0].text
 
 
 # ---- route Sankey ----
 
 
 def test_route_sankey_links_are_exactly_the_branches_that_ran(one):
-    fig = F.route_sankey(one)
+    fig = routing.route_sankey(one)
     sankey = fig.data[0]
     node_ids = list(sankey.node.customdata)  # hover text names the cell and node unambiguously
     links = sankey.link
-    branch_names = {F.branch_label(b) for b in one["branch"].unique()}
+    branch_names = {common.branch_label(b) for b in one["branch"].unique()}
     drawn = sorted(
         (node_ids[s], node_ids[t], label, round(v, 6))
         for s, t, label, v in zip(links.source, links.target, links.label, links.value, strict=True)
@@ -194,7 +197,7 @@ def test_route_sankey_links_are_exactly_the_branches_that_ran(one):
 
     def node_text(cell: int, state: int) -> str:
         if state >= 2:
-            return f"{cells[cell]}, node {F.state_label(state)}: sum of the branches that ran into it"
+            return f"{cells[cell]}, node {common.state_label(state)}: sum of the branches that ran into it"
         previous = cell - (2 - state)  # DARTS wiring: in0 = cell k-2, in1 = cell k-1, else the stem
         if previous < 0:
             return "the image after the stem convolution"
@@ -202,27 +205,27 @@ def test_route_sankey_links_are_exactly_the_branches_that_ran(one):
 
     ran = one[one["ran"]]
     expected = sorted(
-        (node_text(r.cell, r.src), node_text(r.cell, r.dst), F.branch_label(r.branch), round(float(r.gate), 6))
+        (node_text(r.cell, r.src), node_text(r.cell, r.dst), common.branch_label(r.branch), round(float(r.gate), 6))
         for r in ran.itertuples()
     )
     assert drawn == expected
     colors = [c for c, label in zip(links.color, links.label, strict=True) if label in branch_names]
     assert len(colors) == len(ran)
     for color, label in zip(colors, [lab for lab in links.label if lab in branch_names], strict=True):
-        raw = next(b for b in one["branch"].unique() if F.branch_label(b) == label)
-        r, g, b = (int(F.branch_color(raw)[i : i + 2], 16) for i in (1, 3, 5))
+        raw = next(b for b in one["branch"].unique() if common.branch_label(b) == label)
+        r, g, b = (int(common.branch_color(raw)[i : i + 2], 16) for i in (1, 3, 5))
         assert color.startswith(f"rgba({r},{g},{b},")
     assert all("gate weight" in h for h, lab in zip(links.customdata, links.label, strict=True) if lab in branch_names)
     assert f"{len(ran)} branches ran" in fig.layout.title.subtitle.text
 
 
 def test_route_sankey_says_so_when_nothing_ran(one):
-    fig = F.route_sankey(one.assign(ran=False))
+    fig = routing.route_sankey(one.assign(ran=False))
     assert not fig.data and "No branch ran" in fig.layout.annotations[0].text
 
 
 def test_route_sankey_concat_links_carry_each_nodes_inflow(one):
-    sankey = F.route_sankey(one).data[0]
+    sankey = routing.route_sankey(one).data[0]
     links = sankey.link
     concat = [v for v, label in zip(links.value, links.label, strict=True) if label == "concat"]
     inflow = one[one["ran"]].groupby(["cell", "dst"])["gate"].sum()
@@ -238,7 +241,7 @@ def test_cell_flops_bars_heights_are_the_cells_frame(routed):
     first = cells[cells["sample"] == 0]
     table = model.cost_table(28, 28)
     dense = (table.cell_flops + table.branch_flops.sum(dim=(1, 2))).tolist()
-    fig = F.cell_flops_bars(first, dense)
+    fig = routing.cell_flops_bars(first, dense)
     dense_bar, used_bar = fig.data
     np.testing.assert_array_equal(dense_bar.y, dense)
     np.testing.assert_array_equal(used_bar.y, first["flops"].to_numpy())
@@ -248,10 +251,10 @@ def test_cell_flops_bars_heights_are_the_cells_frame(routed):
     assert fig.layout.yaxis.title.text == "FLOPs (2×MACs)"
     assert used_bar.y.sum() < sum(dense)  # some branches were skipped, so cost fell below dense
 
-    several = F.cell_flops_bars(cells[cells["sample"] < 3])
+    several = routing.cell_flops_bars(cells[cells["sample"] < 3])
     assert [bar.name for bar in several.data] == ["image 0", "image 1", "image 2"]
     with pytest.raises(ValueError, match="cells"):
-        F.cell_flops_bars(first, dense[:2])
+        routing.cell_flops_bars(first, dense[:2])
 
 
 # ---- data-set views ----
@@ -259,7 +262,7 @@ def test_cell_flops_bars_heights_are_the_cells_frame(routed):
 
 def test_sweep_curve_puts_points_and_the_current_one_where_they_belong(sweep):
     current = (float(sweep["flops_mean"].iloc[2]), float(sweep["accuracy"].iloc[2]))
-    fig = F.sweep_curve(sweep, current=current, baselines={"MobileNetV2": (1.2e7, 0.93)})
+    fig = dataset.sweep_curve(sweep, current=current, baselines={"MobileNetV2": (1.2e7, 0.93)})
     curve, baseline, star = fig.data
     ordered = sweep.sort_values("flops_mean")
     np.testing.assert_allclose(curve.x, ordered["flops_mean"])
@@ -269,13 +272,13 @@ def test_sweep_curve_puts_points_and_the_current_one_where_they_belong(sweep):
     assert (star.x[0], star.y[0]) == current and star.marker.symbol == "star"
     assert baseline.text == ("MobileNetV2",) and (baseline.x[0], baseline.y[0]) == (1.2e7, 0.93)
     assert fig.layout.xaxis.title.text == "mean FLOPs (2×MACs) per image"
-    assert F.sweep_curve(sweep.iloc[:0]).layout.annotations  # static models: a message, no crash
+    assert dataset.sweep_curve(sweep.iloc[:0]).layout.annotations  # static models: a message, no crash
 
 
 def test_sweep_curve_keeps_a_far_baseline_from_squeezing_the_curve(sweep):
     # A static baseline ~10x DRNet's cost (as MobileNetV2 is next to the trained DRNet).
     far = float(sweep["flops_mean"].max()) * 10
-    fig = F.sweep_curve(sweep, baselines={"MobileNetV2": (far, 0.9)})
+    fig = dataset.sweep_curve(sweep, baselines={"MobileNetV2": (far, 0.9)})
     curve, axis = fig.data[0], fig.layout.xaxis
     assert axis.type == "log"
     low, high = (10**v for v in axis.range)
@@ -289,7 +292,7 @@ def test_sweep_curve_keeps_a_far_baseline_from_squeezing_the_curve(sweep):
 
 def test_class_flops_bars_heights_are_the_per_class_means(per_class, routed):
     _, _, _, trace = routed
-    fig = F.class_flops_bars(per_class, dense_flops=trace.dense_flops)
+    fig = dataset.class_flops_bars(per_class, dense_flops=trace.dense_flops)
     bars = fig.data[0]
     ordered = per_class.sort_values("flops_mean", ascending=False)
     np.testing.assert_allclose(bars.x, ordered["flops_mean"])
@@ -299,28 +302,28 @@ def test_class_flops_bars_heights_are_the_per_class_means(per_class, routed):
 
 
 def test_branch_usage_heatmap_by_class_and_by_cell(usage):
-    by_class = F.branch_usage_heatmap(usage).data[0]
+    by_class = dataset.branch_usage_heatmap(usage).data[0]
     expected = usage.groupby(["class", "branch"])["usage"].mean().unstack("branch")
     names = [b for b in usage["branch"].unique()]
     rows = list(dict.fromkeys(usage["class"]))
     np.testing.assert_allclose(np.asarray(by_class.z, dtype=float), expected.loc[rows, names].to_numpy())
-    assert list(by_class.y) == rows and list(by_class.x) == [F.branch_label(b) for b in names]
+    assert list(by_class.y) == rows and list(by_class.x) == [common.branch_label(b) for b in names]
 
-    one_cell = F.branch_usage_heatmap(usage[usage["cell"] == 1])
+    one_cell = dataset.branch_usage_heatmap(usage[usage["cell"] == 1])
     assert "in cell 1" in one_cell.layout.title.subtitle.text
 
     cell_usage = usage.groupby(["cell", "branch"])["usage"].mean().reset_index()
-    by_cell = F.branch_usage_heatmap(cell_usage)
+    by_cell = dataset.branch_usage_heatmap(cell_usage)
     assert list(by_cell.data[0].y) == ["cell 0", "cell 1", "cell 2"]
     assert "by cell" in by_cell.layout.title.text
     assert "ran on" in by_cell.data[0].hovertext[0][0]
-    for fig in (F.branch_usage_heatmap(usage), by_cell):
+    for fig in (dataset.branch_usage_heatmap(usage), by_cell):
         _assert_short_branch_ticks(fig)
 
 
 def test_class_accuracy_bars_one_series_per_model(per_class):
     better = per_class.assign(accuracy=np.clip(per_class["accuracy"] + 0.2, 0, 1))
-    fig = F.class_accuracy_bars({"DRNet": per_class, "MobileNetV2": better})
+    fig = dataset.class_accuracy_bars({"DRNet": per_class, "MobileNetV2": better})
     drnet, mobile = fig.data
     ordered = per_class.sort_values("index")
     np.testing.assert_allclose(drnet.x, ordered["accuracy"])
@@ -339,7 +342,7 @@ def test_class_accuracy_bars_one_series_per_model(per_class):
 def test_prediction_bars_highest_on_top_in_percent(routed):
     _, data, _, trace = routed
     probs = trace.probs[0].tolist()
-    fig = F.prediction_bars(probs, data.class_names, top_k=3, title="DRNet")
+    fig = images.prediction_bars(probs, data.class_names, top_k=3, title="DRNet")
     bars = fig.data[0]
     order = np.argsort(probs)[::-1][:3]
     assert list(bars.y) == [data.class_names[i] for i in order]
@@ -347,14 +350,14 @@ def test_prediction_bars_highest_on_top_in_percent(routed):
     assert list(bars.text) == [f"{probs[i]:.1%}" for i in order]
     assert fig.layout.yaxis.autorange == "reversed" and fig.layout.title.text == "DRNet"
     with pytest.raises(ValueError, match="class names"):
-        F.prediction_bars(probs, data.class_names[:5])
+        images.prediction_bars(probs, data.class_names[:5])
 
 
 def test_prediction_bars_labels_stay_inside_the_plot(routed):
     _, data, _, _ = routed
     # A confident prediction (95%), as the trained model gives: the long bar's label goes inside it.
     probs = torch.softmax(torch.arange(10.0) * 3, dim=0).tolist()
-    fig = F.prediction_bars(probs, data.class_names, top_k=3)
+    fig = images.prediction_bars(probs, data.class_names, top_k=3)
     bars = fig.data[0]
     assert bars.x[0] > 0.9 and list(bars.textposition) == ["inside", "outside", "outside"]
     assert tuple(fig.layout.xaxis.range) == (0, 1.0)  # outside labels only on bars below 50%
@@ -364,13 +367,13 @@ def test_attribution_figure_overlays_the_heatmap_on_what_the_model_saw(routed):
     _, data, _, _ = routed
     image = data.images[0, :, :, 0].numpy()
     heat = image.astype(float) / 255.0
-    fig = F.attribution_figure(heat, image, "Saliency · DRNet")
+    fig = images.attribution_figure(heat, image, "Saliency · DRNet")
     gray, overlay = fig.data
     np.testing.assert_array_equal(gray.z, image)
     np.testing.assert_array_equal(overlay.z, heat)
     assert fig.layout.yaxis.scaleanchor == "x" and fig.layout.xaxis.visible is False
     assert "importance" in overlay.hovertemplate
     rgb = np.repeat(image[..., None], 3, axis=2)
-    np.testing.assert_allclose(F.attribution_figure(heat, rgb, "rgb").data[0].z, image, atol=1e-9)
+    np.testing.assert_allclose(images.attribution_figure(heat, rgb, "rgb").data[0].z, image, atol=1e-9)
     with pytest.raises(ValueError, match="does not match"):
-        F.attribution_figure(heat[:10], image, "bad")
+        images.attribution_figure(heat[:10], image, "bad")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import figures, state, ui
-from app.services import LABELS, Analysis, ModelSet, analyse, explain, load_models
+from app import state, ui
+from app.analysis import Analysis, analyse, explain
+from app.figures.images import attribution_figure
+from app.models import LABELS, ModelSet, load_models
 from drnets.attribution import METHOD_NOTES
 from drnets.upload import UploadError
 
@@ -33,9 +35,8 @@ def main() -> None:
     if source is None:
         st.info("Pick a sample or upload a photo in the sidebar first.", icon=":material/arrow_back:")
         return
-    max_bytes = int(st.get_option("server.maxUploadSize")) * 1024 * 1024
     try:
-        a = analyse(models, source, settings.threshold, settings.top_k, max_bytes)
+        a = analyse(models, source, settings.threshold, settings.top_k)
     except UploadError as err:
         st.error(f"**{ui.md(source.name)}** cannot be used: {err}", icon=":material/broken_image:")
         return
@@ -80,7 +81,7 @@ def method_ui(a: Analysis, models: ModelSet, names: list[str], method: str, sett
                 models, models.key, a.source.digest, a.prepared.tensor, name, method, settings.threshold, settings.top_k
             )
             title = f"{LABELS[name]} · {TITLES[method]} for “{models.class_names[result.target]}”"
-            ui.chart(figures.attribution_figure(result.heatmap, a.prepared.seen, title), key=f"attr_{method}_{name}")
+            ui.chart(attribution_figure(result.heatmap, a.prepared.seen, title), key=f"attr_{method}_{name}")
             note = f"computed in {result.seconds:.1f} s"
             if result.delta is not None:
                 note += (

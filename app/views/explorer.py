@@ -5,8 +5,13 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import figures, state, ui
-from app.services import LABELS, MODEL_NAMES, ModelSet, eval_command, load_eval, load_models, run_pixels
+from app import state, ui
+from app.analysis import run_pixels
+from app.evaluations import eval_command, load_eval
+from app.figures import dataset
+from app.figures.common import FLOPS_UNIT
+from app.figures.routing import gate_heatmap
+from app.models import LABELS, MODEL_NAMES, ModelSet, load_models
 from drnets.data import DATASET_TITLES
 from drnets.evaluate import describe_difficulty
 
@@ -38,14 +43,14 @@ def main() -> None:
         headline_ui(evals)
     with ui.guard("drawing the accuracy per class"):
         ui.chart(
-            figures.class_accuracy_bars(
+            dataset.class_accuracy_bars(
                 {LABELS[n]: pd.DataFrame(e["per_class"]) for n, e in evals.items() if n != "dense"}
             ),
             key="class_accuracy",
         )
     with ui.guard("drawing the FLOPs per class"):
         ui.chart(
-            figures.class_flops_bars(pd.DataFrame(drnet["per_class"]), dense_flops=drnet["dense_flops"]),
+            dataset.class_flops_bars(pd.DataFrame(drnet["per_class"]), dense_flops=drnet["dense_flops"]),
             key="class_flops",
         )
         if difficulty := describe_difficulty(drnet.get("difficulty")):
@@ -64,7 +69,7 @@ def headline_ui(evals: dict[str, dict]) -> None:
         row = {
             "model": LABELS[name],
             "accuracy": e["accuracy"],
-            f"mean {ui.FLOPS}": e["flops_mean"],
+            f"mean {FLOPS_UNIT}": e["flops_mean"],
             "mean params touched": e["params_used_mean"],
         }
         if reference:
@@ -76,7 +81,7 @@ def headline_ui(evals: dict[str, dict]) -> None:
         hide_index=True,
         column_config={
             "accuracy": st.column_config.NumberColumn(format="percent"),
-            f"mean {ui.FLOPS}": st.column_config.NumberColumn(format="compact"),
+            f"mean {FLOPS_UNIT}": st.column_config.NumberColumn(format="compact"),
             "mean params touched": st.column_config.NumberColumn(format="compact"),
             "FLOPs vs MobileNetV2": st.column_config.NumberColumn(format="percent"),
             "params vs MobileNetV2": st.column_config.NumberColumn(format="percent"),
@@ -84,7 +89,8 @@ def headline_ui(evals: dict[str, dict]) -> None:
         key="headline_table",
     )
     st.caption(
-        "For comparison, the paper reports 31.01% of MobileNetV2's FLOPs and 8.70% of its parameters on CIFAR-10."
+        f"For comparison, the paper reports {ui.PAPER_FLOPS_SHARE:.2%} of MobileNetV2's FLOPs and "
+        f"{ui.PAPER_PARAMS_SHARE:.2%} of its parameters on CIFAR-10."
     )
 
 
@@ -101,9 +107,9 @@ def usage_ui(drnet: dict) -> None:
             "Cell", [ALL_CELLS, *cells], key="usage_cell", format_func=lambda c: c if c == ALL_CELLS else f"cell {c}"
         )
         shown = usage if cell == ALL_CELLS else usage[usage["cell"] == cell]
-        ui.chart(figures.branch_usage_heatmap(shown), key="usage_by_class")
+        ui.chart(dataset.branch_usage_heatmap(shown), key="usage_by_class")
     with by_cell:
-        ui.chart(figures.branch_usage_heatmap(pd.DataFrame(drnet.get("cell_usage") or [])), key="usage_by_cell")
+        ui.chart(dataset.branch_usage_heatmap(pd.DataFrame(drnet.get("cell_usage") or [])), key="usage_by_cell")
 
 
 EXTREMES = {"cheapest": "Cheapest", "most_expensive": "Most expensive"}
@@ -135,7 +141,7 @@ def extremes_ui(drnet: dict, models: ModelSet) -> None:
             picture.image(ui.pixelated(item["pixels"], 112))
             text.markdown(
                 f"true class **{models.class_names[item['label']]}**, DRNet said **{models.class_names[run.pred]}**  \n"
-                f"{ui.si(run.flops)} {ui.FLOPS}, {run.flops / run.trace.dense_flops:.0%} of the dense supernet"
+                f"{ui.si(run.flops)} {FLOPS_UNIT}, {run.flops / run.trace.dense_flops:.0%} of the dense supernet"
             )
     if not runs:
         return
@@ -143,7 +149,7 @@ def extremes_ui(drnet: dict, models: ModelSet) -> None:
         st.tabs([f"Route of the {EXTREMES[k].lower()} image" for k in runs]), runs.items(), strict=True
     ):
         with tab:
-            ui.chart(figures.gate_heatmap(run.trace.branches_frame(), drnet["threshold"]), key=f"extreme_gates_{kind}")
+            ui.chart(gate_heatmap(run.trace.branches_frame(), drnet["threshold"]), key=f"extreme_gates_{kind}")
 
 
 main()

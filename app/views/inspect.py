@@ -8,19 +8,14 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import export, figures, state, ui
-from app.services import (
-    LABELS,
-    LATENCY_ROUNDS,
-    Analysis,
-    ModelSet,
-    analyse,
-    dense_cell_flops,
-    load_eval,
-    load_models,
-    load_sweep,
-    sweep_point,
-)
+from app import export, state, ui
+from app.analysis import Analysis, analyse
+from app.costs import dense_cell_flops
+from app.evaluations import load_eval, load_sweep, sweep_point
+from app.figures import dataset, images, routing
+from app.figures.common import FLOPS_UNIT
+from app.models import LABELS, ModelSet, load_models
+from app.timing import LATENCY_ROUNDS, LATENCY_TTL_S
 from drnets.upload import UploadError
 
 
@@ -58,15 +53,14 @@ def main() -> None:
 
 def analyses_ui(models: ModelSet, settings: state.Settings) -> list[Analysis]:
     """Run every image; a file that is not a usable image gets its own error and is left out."""
-    max_bytes = int(st.get_option("server.maxUploadSize")) * 1024 * 1024
     analyses = []
     for source in state.images():
         try:
             with st.spinner(f"Running {ui.md(source.name)}…"):
-                analyses.append(analyse(models, source, settings.threshold, settings.top_k, max_bytes))
+                analyses.append(analyse(models, source, settings.threshold, settings.top_k))
         except UploadError as err:
             st.error(f"**{ui.md(source.name)}** cannot be used: {err}", icon=":material/broken_image:")
-        except Exception:
+        except Exception:  # noqa: BLE001 - logged; one broken image must not hide the others
             ui.log.exception("analysing %s", source.name)
             st.error(
                 f"**{ui.md(source.name)}**: something went wrong while analysing it; the details are in the server log."
@@ -79,7 +73,7 @@ def summary_ui(analyses: list[Analysis], models: ModelSet) -> None:
     for a in analyses:
         drnet = a.runs["drnet"]
         row = {"image": a.source.name, "DRNet says": models.class_names[drnet.pred], "confidence": drnet.probs.max()}
-        row[ui.FLOPS] = drnet.flops
+        row[FLOPS_UNIT] = drnet.flops
         if "dense" in a.runs:
             row["vs dense"] = drnet.flops / a.runs["dense"].flops
         if "mobilenetv2" in a.runs:
@@ -93,7 +87,7 @@ def summary_ui(analyses: list[Analysis], models: ModelSet) -> None:
             "vs dense": st.column_config.NumberColumn(
                 format="percent", help="DRNet's FLOPs as a share of the dense supernet's"
             ),
-            ui.FLOPS: st.column_config.NumberColumn(format="compact"),
+            FLOPS_UNIT: st.column_config.NumberColumn(format="compact"),
         },
         key="summary_table",
     )
@@ -113,7 +107,7 @@ def image_ui(a: Analysis, models: ModelSet) -> dict[str, go.Figure]:
     with right:
         columns = st.columns(len(a.runs))
         for column, (name, run) in zip(columns, a.runs.items(), strict=True):
-            fig = figures.prediction_bars(run.probs, models.class_names, top_k=3)
+            fig = images.prediction_bars(run.probs, models.class_names, top_k=3)
             figs[f"{LABELS[name]} predictions"] = fig
             with column:
                 ui.verdict(LABELS[name], models.class_names[run.pred], float(run.probs.max()))
@@ -123,14 +117,14 @@ def image_ui(a: Analysis, models: ModelSet) -> dict[str, go.Figure]:
 
 def cost_ui(a: Analysis, models: ModelSet) -> None:
     drnet, dense, mobile = a.runs["drnet"], a.runs.get("dense"), a.runs.get("mobilenetv2")
-    st.markdown(f"#### What this image cost · {ui.FLOPS}")
+    st.markdown(f"#### What this image cost · {FLOPS_UNIT}")
     cols = st.columns(4)
     cols[0].metric(
         "DRNet FLOPs",
         ui.si(drnet.flops),
         delta=f"{ui.change(drnet.flops, dense.flops)} vs dense" if dense else None,
         delta_color="inverse",
-        help=f"{ui.FLOPS} of the branches that ran, plus stem, preprocessing, routers and classifier.",
+        help=f"{FLOPS_UNIT} of the branches that ran, plus stem, preprocessing, routers and classifier.",
     )
     cols[1].metric(
         "DRNet params touched",
@@ -146,7 +140,10 @@ def cost_ui(a: Analysis, models: ModelSet) -> None:
             delta=f"{drnet.params / mobile.params:.0%} of its params",
             delta_color="off",
             delta_arrow="off",
-            help="The paper reports 31% of MobileNetV2's FLOPs and 8.7% of its params on CIFAR-10.",
+            help=(
+                f"The paper reports {ui.PAPER_FLOPS_SHARE:.0%} of MobileNetV2's FLOPs and "
+                f"{ui.PAPER_PARAMS_SHARE:.1%} of its params on CIFAR-10."
+            ),
         )
     cols[3].metric(
         "DRNet latency",
@@ -155,8 +152,8 @@ def cost_ui(a: Analysis, models: ModelSet) -> None:
         delta_color="inverse",
         help=(
             f"Median of {LATENCY_ROUNDS} rounds at batch size 1 on this server, each round running every "
-            "model once, so a busy CPU slows them alike (measured again after a minute); small models on a CPU "
-            "are dominated by overheads."
+            f"model once, so a busy CPU slows them alike (measured again after {LATENCY_TTL_S} s); small models "
+            "on a CPU are dominated by overheads."
         ),
     )
     table = pd.DataFrame(
@@ -164,7 +161,7 @@ def cost_ui(a: Analysis, models: ModelSet) -> None:
             {
                 "model": LABELS[name],
                 "answer": f"{models.class_names[run.pred]} ({run.probs.max():.0%})",
-                ui.FLOPS: run.flops,
+                FLOPS_UNIT: run.flops,
                 "FLOPs vs MobileNetV2": run.flops / mobile.flops if mobile else None,
                 "params touched": run.params,
                 "latency (ms)": a.seconds[name] * 1e3,
@@ -176,7 +173,7 @@ def cost_ui(a: Analysis, models: ModelSet) -> None:
         table,
         hide_index=True,
         column_config={
-            ui.FLOPS: st.column_config.NumberColumn(format="compact"),
+            FLOPS_UNIT: st.column_config.NumberColumn(format="compact"),
             "params touched": st.column_config.NumberColumn(format="compact"),
             "FLOPs vs MobileNetV2": st.column_config.NumberColumn(format="percent"),
             "latency (ms)": st.column_config.NumberColumn(format="%.1f"),
@@ -190,9 +187,9 @@ def routing_ui(a: Analysis, models: ModelSet, threshold: float) -> dict[str, go.
     trace = a.runs["drnet"].trace
     branches, cells = trace.branches_frame(), trace.cells_frame()
     figs = {
-        "Gate weights": figures.gate_heatmap(branches, threshold),
-        "Route": figures.route_sankey(branches),
-        "FLOPs per cell": figures.cell_flops_bars(cells, dense_cell_flops(models)),
+        "Gate weights": routing.gate_heatmap(branches, threshold),
+        "Route": routing.route_sankey(branches),
+        "FLOPs per cell": routing.cell_flops_bars(cells, dense_cell_flops(models)),
     }
     gates, route, flops = st.tabs(["Gate weights", "Path through the cells", "FLOPs per cell"])
     with gates:
@@ -227,14 +224,14 @@ def sweep_ui(a: Analysis, models: ModelSet, settings: state.Settings) -> dict[st
             baselines[LABELS[name]] = (evaluation["flops_mean"], evaluation["accuracy"])
     # The sweep was run without a top-k limit, so the current setting lies on it only without one.
     current = sweep_point(sweep, settings.threshold) if settings.top_k is None else None
-    fig = figures.sweep_curve(sweep, current=current, baselines=baselines)
+    fig = dataset.sweep_curve(sweep, current=current, baselines=baselines)
     ui.chart(fig, key="sweep_curve")
     where = (
         f"The star is the threshold t = {settings.threshold:.2f} set in the sidebar; move it and the star moves along the curve."
         if current
         else "The curve is without a top-k limit, so the current setting is not on it."
     )
-    st.caption(f"{where} At this setting this image cost {ui.si(a.runs['drnet'].flops)} {ui.FLOPS}.")
+    st.caption(f"{where} At this setting this image cost {ui.si(a.runs['drnet'].flops)} {FLOPS_UNIT}.")
     return {"Accuracy vs FLOPs": fig}
 
 

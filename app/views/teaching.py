@@ -5,19 +5,12 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import figures, state, ui
-from app.services import (
-    Analysis,
-    ImageSource,
-    ModelSet,
-    analyse,
-    branch_costs,
-    cells_table,
-    dense_cell_flops,
-    list_samples,
-    load_models,
-    read_sample,
-)
+from app import state, ui
+from app.analysis import Analysis, analyse
+from app.costs import branch_costs, cells_table, dense_cell_flops
+from app.figures import routing
+from app.figures.common import FLOPS_UNIT, branch_label
+from app.models import ModelSet, load_models
 from drnets.upload import UploadError
 
 STEPS = ("1 · Cells", "2 · Edges", "3 · Branches", "4 · Router", "5 · Gate", "6 · Skip")
@@ -29,15 +22,14 @@ def main() -> None:
     settings = state.settings()
     models = load_models(settings.models_dir)
     ui.require_drnet(models)
-    source = state.focus(state.images()) or _first_sample()
+    source = state.focus(state.images()) or state.first_sample()
     if source is None:
         st.info(
             "Pick a sample or upload a photo in the sidebar: the walk-through uses it.", icon=":material/arrow_back:"
         )
         return
-    max_bytes = int(st.get_option("server.maxUploadSize")) * 1024 * 1024
     try:
-        a = analyse(models, source, settings.threshold, settings.top_k, max_bytes)
+        a = analyse(models, source, settings.threshold, settings.top_k)
     except UploadError as err:
         st.error(f"**{ui.md(source.name)}** cannot be used: {err}")
         return
@@ -68,11 +60,6 @@ def _next() -> None:
     st.session_state[STEP] = STEPS[min(current + 1, len(STEPS) - 1)]
 
 
-def _first_sample() -> ImageSource | None:
-    samples = list_samples()
-    return ImageSource.of(state.sample_label(samples[0]), read_sample(samples[0])) if samples else None
-
-
 def cells_step(a: Analysis, models: ModelSet, threshold: float) -> None:
     n = len(models.drnet().cells)
     st.markdown(
@@ -86,7 +73,7 @@ def cells_step(a: Analysis, models: ModelSet, threshold: float) -> None:
             "channels": st.column_config.NumberColumn(help="channels of each node's output"),
             "branches": st.column_config.NumberColumn(help="candidate branches on every edge"),
             "FLOPs, all on": st.column_config.NumberColumn(
-                help=f"{ui.FLOPS} of the cell with every branch on", format="compact"
+                help=f"{FLOPS_UNIT} of the cell with every branch on", format="compact"
             ),
         },
         key="teaching_cells",
@@ -100,7 +87,7 @@ def edges_step(a: Analysis, models: ModelSet, threshold: float) -> None:
         f"Every arrow from an earlier node to a later one is an **edge**: {len(cell.edges)} per cell. "
         "A node adds up what arrives on its edges; the cell's output joins all new nodes."
     )
-    ui.chart(figures.route_sankey(a.runs["drnet"].trace.branches_frame()), key="teaching_route")
+    ui.chart(routing.route_sankey(a.runs["drnet"].trace.branches_frame()), key="teaching_route")
     st.caption("This image's path: each link is one branch on one edge that ran.")
 
 
@@ -109,12 +96,12 @@ def branches_step(a: Analysis, models: ModelSet, threshold: float) -> None:
         "Every edge offers the same **candidate branches**: separable and dilated convolutions, pooling, "
         "and a plain skip. They differ a lot in cost, as on the first edge of cell 0:"
     )
-    costs = branch_costs(models).assign(branch=lambda f: f["branch"].map(figures.branch_label))
+    costs = branch_costs(models).assign(branch=lambda f: f["branch"].map(branch_label))
     st.dataframe(
         costs,
         hide_index=True,
         column_config={
-            "flops": st.column_config.NumberColumn(ui.FLOPS, format="compact"),
+            "flops": st.column_config.NumberColumn(FLOPS_UNIT, format="compact"),
             "params": st.column_config.NumberColumn("parameters", format="compact"),
         },
         key="teaching_branches",
@@ -137,7 +124,7 @@ def router_step(a: Analysis, models: ModelSet, threshold: float) -> None:
     )
     branches = a.runs["drnet"].trace.branches_frame()
     first = branches[(branches["cell"] == 0) & (branches["edge"] == 0)]
-    weights = pd.DataFrame({"branch": first["branch"].map(figures.branch_label), "weight": first["gate"]})
+    weights = pd.DataFrame({"branch": first["branch"].map(branch_label), "weight": first["gate"]})
     st.bar_chart(weights, x="branch", y="weight", horizontal=True, height=260)
     st.caption("Another image gets other weights: the route is chosen per image.")
 
@@ -147,7 +134,7 @@ def gate_step(a: Analysis, models: ModelSet, threshold: float) -> None:
         f"The **gate**: a branch runs only if its weight is at least the threshold **t = {threshold:.2f}** "
         "(the slider in the sidebar); its output is scaled by its weight. ● marks what ran for this image."
     )
-    ui.chart(figures.gate_heatmap(a.runs["drnet"].trace.branches_frame(), threshold), key="teaching_gates")
+    ui.chart(routing.gate_heatmap(a.runs["drnet"].trace.branches_frame(), threshold), key="teaching_gates")
     st.caption("Move the threshold in the sidebar and watch branches switch on and off.")
 
 
@@ -156,11 +143,11 @@ def skip_step(a: Analysis, models: ModelSet, threshold: float) -> None:
     ran, total = int(run.trace.ran.sum()), run.trace.ran.numel()
     st.markdown(
         f"**Skipped branches are never computed.** This image ran {ran} of {total} branches; the whole network "
-        f"(stem and classifier included) cost **{ui.si(run.flops)} {ui.FLOPS}**"
+        f"(stem and classifier included) cost **{ui.si(run.flops)} {FLOPS_UNIT}**"
         + (f", {run.flops / dense.flops:.0%} of the dense supernet's {ui.si(dense.flops)}." if dense else ".")
         + " Cell by cell:"
     )
-    ui.chart(figures.cell_flops_bars(run.trace.cells_frame(), dense_cell_flops(models)), key="teaching_cell_flops")
+    ui.chart(routing.cell_flops_bars(run.trace.cells_frame(), dense_cell_flops(models)), key="teaching_cell_flops")
     st.caption("Training adds the expected cost to the loss, so the routers learn to spend FLOPs only where they help.")
 
 

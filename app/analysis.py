@@ -1,0 +1,179 @@
+"""One image through the loaded models: preprocessing, inference, latency and attributions.
+
+The models are shared by every session (``st.cache_resource``), so nothing here mutates them:
+``with_policy`` applies a session's routing settings without touching the shared instance, and
+attributions run on the private copy ``drnets.attribution.attribute`` makes. Results are cached
+per image hash and settings (``st.cache_data``); arguments starting with ``_`` are not hashed,
+their identity is carried by the key arguments next to them.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import streamlit as st
+import torch
+from torch import nn
+
+from app.timing import measure_latency
+from drnets.attribution import Attribution, attribute
+from drnets.data import to_input
+from drnets.model import DRNet
+from drnets.router import RoutingPolicy
+from drnets.trace import RoutingTrace
+from drnets.upload import PreparedImage, prepare_upload
+
+if TYPE_CHECKING:
+    from app.models import ModelSet
+
+
+def max_upload_bytes() -> int:
+    """The upload limit in bytes: ``server.maxUploadSize`` (MB), set in streamlit_config.toml.
+
+    The server refuses larger uploads itself; preprocessing holds the bytes it decodes to the same limit.
+    """
+    return int(st.get_option("server.maxUploadSize")) * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """An image the user uploaded or picked: its bytes, and their SHA-256 as the cache key."""
+
+    name: str
+    data: bytes
+    digest: str
+
+    @staticmethod
+    def of(name: str, data: bytes) -> ImageSource:
+        return ImageSource(name, data, hashlib.sha256(data).hexdigest())
+
+
+@dataclass
+class ModelRun:
+    """One model's answer for one image, detached from autograd and on the CPU (picklable for st.cache_data)."""
+
+    name: str
+    probs: np.ndarray
+    trace: RoutingTrace
+
+    @property
+    def pred(self) -> int:
+        return int(self.probs.argmax())
+
+    @property
+    def flops(self) -> int:
+        return int(self.trace.flops[0])
+
+    @property
+    def params(self) -> int:
+        return int(self.trace.params[0])
+
+
+@dataclass
+class Analysis:
+    """One image through every loaded model at the current settings."""
+
+    source: ImageSource
+    prepared: PreparedImage
+    runs: dict[str, ModelRun]
+    seconds: dict[str, float]  # batch-1 latency per model, from app.timing.measure_latency
+
+
+# ---- routing settings ----
+
+
+def routed(model: nn.Module, policy: RoutingPolicy | None) -> nn.Module:
+    """The model with ``policy`` in force, without touching the shared instance.
+
+    A shallow copy has its own ``__dict__`` (so its own ``policy``) but shares every
+    parameter and buffer: no memory is copied and other sessions keep their policy.
+    """
+    if policy is None or not isinstance(model, DRNet) or not model.config.dynamic:
+        return model
+    view = copy.copy(model)
+    view.policy = policy
+    return view
+
+
+def with_policy(model: nn.Module, threshold: float, top_k: int | None) -> nn.Module:
+    """``model`` running at these routing settings; a static model comes back as it is.
+
+    Every forward the app makes (inference, latency, attributions, warm-up) takes its model
+    from here: the one place where a session's settings meet a shared model.
+    """
+    return routed(model, RoutingPolicy(threshold, top_k))
+
+
+def route_settings(name: str, threshold: float, top_k: int | None) -> tuple[float, int | None]:
+    """Only DRNet depends on the routing settings; the static models are cached once per image."""
+    return (threshold, top_k) if name == "drnet" else (0.0, None)
+
+
+# ---- one image ----
+
+
+def analyse(models: ModelSet, source: ImageSource, threshold: float, top_k: int | None) -> Analysis:
+    """Preprocess and run one image; raises ``UploadError`` for files that are not usable images."""
+    prepared = prepare(source.digest, source.data, models.input_size, models.mean, models.std, max_upload_bytes())
+    x = models.on_device(prepared.tensor)
+    settings = {name: route_settings(name, threshold, top_k) for name in models.checkpoints}
+    ready = {name: with_policy(ckpt.model, *settings[name]) for name, ckpt in models.checkpoints.items()}
+    runs = {
+        name: run_model(model, models.key, source.digest, x, name, *settings[name]) for name, model in ready.items()
+    }
+    seconds = measure_latency(ready, models.key, source.digest, x, threshold, top_k)
+    return Analysis(source, prepared, runs, seconds)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def prepare(
+    digest: str, _data: bytes, input_size: tuple[int, int, int], mean: tuple, std: tuple, max_bytes: int
+) -> PreparedImage:
+    """Preprocess an upload once per content hash; ``UploadError`` propagates (and is not cached)."""
+    return prepare_upload(_data, input_size=input_size, mean=mean, std=std, max_bytes=max_bytes)
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def run_model(
+    _model: nn.Module, models_key: str, digest: str, _x: torch.Tensor, name: str, threshold: float, top_k: int | None
+) -> ModelRun:
+    """One model (policy applied) on one image already on its device; the key arguments say which."""
+    with torch.inference_mode():
+        _, trace = _model(_x)
+    # concat detaches and moves every tensor to the CPU
+    return ModelRun(name, trace.probs[0].cpu().numpy(), RoutingTrace.concat([trace]))
+
+
+def run_pixels(models: ModelSet, pixels: list, threshold: float, top_k: int | None) -> ModelRun:
+    """DRNet on a raw uint8 test image from eval.json ``extremes`` ([H][W] or [H][W][C] nested lists)."""
+    images = torch.tensor(np.asarray(pixels, dtype=np.uint8))
+    if images.dim() == 2:
+        images = images.unsqueeze(-1)
+    x = models.on_device(to_input(images.unsqueeze(0), models.mean, models.std))
+    digest = "pixels:" + hashlib.sha256(images.numpy().tobytes()).hexdigest()
+    model = with_policy(models.get("drnet").model, threshold, top_k)
+    return run_model(model, models.key, digest, x, "drnet", threshold, top_k)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def explain(
+    _models: ModelSet,
+    models_key: str,
+    digest: str,
+    _x: torch.Tensor,
+    name: str,
+    method: str,
+    threshold: float,
+    top_k: int | None,
+) -> Attribution:
+    """An attribution with the route the image takes under these settings frozen (see drnets.attribution).
+
+    Methods that compare with a reference image (Integrated Gradients, occlusion) use a black image.
+    """
+    model = with_policy(_models.get(name).model, *route_settings(name, threshold, top_k))
+    black = float(np.mean([-m / s for m, s in zip(_models.mean, _models.std, strict=True)]))  # normalised 0
+    return attribute(model, _x.to(_models.device), method, baseline=black)
