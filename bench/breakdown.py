@@ -3,9 +3,11 @@
 Groups: convolutions (which carry all the FLOPs), pools, batch norm, activations,
 gather/scatter (sparse execution's own overhead), everything else (routers, gating,
 concatenation, bookkeeping). Ops per call is a proxy for Python/dispatch overhead.
+Inference forwards run the model the settings give: the fast path (``drnets.inference``) by
+default, the plain model with ``--no-fast`` (where the batch norms show).
 ``--train`` profiles training steps as bench.train_throughput runs them (forward, loss,
 backward, optimiser step) instead of inference forwards: on a GPU its table shows whether
-convolutions spend their time building cuDNN plans (docs/BENCHMARKS.md "GPU path").
+convolutions spend their time building cuDNN plans (docs/BENCHMARKS.md).
 
     python -m bench.breakdown --model drnet --batches 1,64
     python -m bench.breakdown --train --batches 256
@@ -55,6 +57,10 @@ GROUPS = {
         "aten::cudnn_convolution",
         "aten::_conv_depthwise2d",
         "aten::convolution_backward",
+        # the fast path's ungrouped convolutions on a GPU (matrix products; addmm stays with the routers)
+        "aten::mm",
+        "aten::bmm",
+        "aten::im2col",
     ),
     "pooling": (
         "aten::max_pool2d_with_indices",
@@ -69,7 +75,17 @@ GROUPS = {
         "aten::_native_batch_norm_legit_no_training",
         "aten::native_batch_norm_backward",
     ),
-    "activation": ("aten::clamp_min", "aten::relu", "aten::hardtanh", "aten::clamp", "aten::threshold_backward"),
+    "activation": (
+        "aten::clamp_min",
+        "aten::clamp_min_",
+        "aten::relu",
+        "aten::relu_",
+        "aten::hardtanh",
+        "aten::hardtanh_",
+        "aten::clamp",
+        "aten::clamp_",
+        "aten::threshold_backward",
+    ),
     "gather_scatter": GATHER_SCATTER_OPS,
 }
 

@@ -30,8 +30,8 @@ from torch import nn
 from drnets.argtypes import non_negative_int, positive_int
 from drnets.checkpoint import CheckpointError, load_checkpoint
 from drnets.data import FASHION_MNIST_CLASSES, DataError, ImageSet, load_dataset, normalization, to_input
-from drnets.device import describe, has_glibc, keep_freed_memory, pick_device
-from drnets.fold import folding
+from drnets.device import describe, pick_device
+from drnets.inference import for_inference, has_glibc, keep_freed_memory
 from drnets.model import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,8 +71,10 @@ class Settings:
     warmup: int = 2  # untimed calls of every candidate before the rounds
     repeats: int = 7  # timed rounds; the median is reported
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
-    keep_freed_memory: bool = True  # glibc reuses freed tensor memory (drnets.device.keep_freed_memory)
-    fold_bn: bool = True  # each BN folded into the convolution before it at inference (drnets.fold)
+    keep_freed_memory: bool = True  # glibc reuses freed tensor memory (drnets.inference.keep_freed_memory)
+    # Models run through drnets.inference.for_inference (BN folded, in-place ReLUs, stacked routers,
+    # fast pools, GPU matmul convolutions); False: the plain model under torch.inference_mode.
+    fast: bool = True
     # True/False forces cuDNN on or off for every candidate; None: on, except for DRNet training
     # steps on a GPU (drnets.device.cudnn_suits_training, as `drnets train` chooses)
     cudnn: bool | None = None
@@ -110,8 +112,9 @@ def add_settings_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads")
     parser.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
                         help="let glibc reuse freed memory instead of page-faulting new maps in (default: on)")  # fmt: skip
-    parser.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=True,
-                        help="fold each batch norm into the convolution before it at inference (default: on)")  # fmt: skip
+    parser.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True,
+                        help="time the inference fast path, drnets.inference.for_inference; "
+                             "--no-fast times the plain model (default: on)")  # fmt: skip
     parser.add_argument("--cudnn", action=argparse.BooleanOptionalAction, default=None,
                         help="force cuDNN on or off on a GPU (default: off only for DRNet training steps)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
@@ -134,7 +137,7 @@ def settings_from_args(args: argparse.Namespace, quick: bool = False) -> Setting
         repeats=defaults.repeats if args.repeats is None else args.repeats,
         threads=args.threads,
         keep_freed_memory=args.keep_freed_memory,
-        fold_bn=args.fold_bn,
+        fast=args.fast,
         cudnn=args.cudnn,
     )
     apply_process_settings(settings)
@@ -166,7 +169,7 @@ def cpu_model() -> str:
 
 def cpu_bf16_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
     """The CPU's native bfloat16 instruction sets (Linux ``/proc/cpuinfo``); empty without them or elsewhere.
-    With them, ``--amp`` (bf16 autocast) is worth timing on the CPU too (docs/BENCHMARKS.md, section 1)."""
+    With them, ``--amp`` (bf16 autocast) is worth timing on the CPU too (docs/BENCHMARKS.md)."""
     with contextlib.suppress(OSError):
         for line in cpuinfo.read_text().splitlines():
             if line.startswith("flags"):
@@ -263,11 +266,20 @@ def random_init_note(models: list[Loaded]) -> str | None:
     return note
 
 
-def prepare(model: nn.Module, settings: Settings) -> nn.Module:
-    """A private, eval-mode copy on the device, in the chosen layout, optionally compiled."""
+def place(model: nn.Module, settings: Settings) -> nn.Module:
+    """A private, eval-mode copy of the plain model on the device, in the chosen layout."""
     model = copy.deepcopy(model).eval().to(settings.torch_device)
     if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def prepare(model: nn.Module, settings: Settings) -> nn.Module:
+    """What the benchmarks time: a private copy (``place``), through ``for_inference`` when the fast
+    path is on, optionally compiled. Either way it is called ``model(x, policy) -> (logits, trace)``."""
+    model = place(model, settings)
+    if settings.fast:
+        model = for_inference(model)
     if settings.compile:
         model = torch.compile(model)
     return model
@@ -300,8 +312,9 @@ def to_device(images: torch.Tensor, loaded: Loaded, settings: Settings) -> torch
 
 @contextlib.contextmanager
 def inference(settings: Settings) -> Iterator[None]:
-    """No autograd, plus autocast when AMP is on, with or without batch norms folded."""
-    with torch.inference_mode(), autocast(settings), folding(settings.fold_bn):
+    """No autograd, plus autocast when AMP is on (the fast path runs under inference mode itself;
+    the plain model needs this)."""
+    with torch.inference_mode(), autocast(settings):
         yield
 
 
@@ -397,7 +410,7 @@ def print_header(title: str, info: dict[str, Any], notes: list[str]) -> None:
     print(
         f"settings: layout {'channels_last' if s['channels_last'] else 'NCHW'}, amp {s['amp']}, compile {s['compile']}, "
         f"warm-up {s['warmup']}, repeats {s['repeats']} (median), allocator {info['allocator']}, "
-        f"BN {'folded' if s['fold_bn'] else 'not folded'}"
+        f"{'fast path (drnets.inference)' if s['fast'] else 'plain model (--no-fast)'}"
     )
     if info.get("cpu_bf16") and not s["amp"] and s["device"] == "cpu":
         print(f"NOTE: this CPU computes bf16 natively ({', '.join(info['cpu_bf16'])}); --amp times bf16 autocast")

@@ -1,20 +1,25 @@
 """Sparse execution vs the masked reference: what gathering and scattering samples costs.
 
-The masked reference (``DRNet.execution = "masked"``) runs every branch on every sample
-and multiplies by gate x mask; sparse execution runs each branch only on the samples that
-kept it, gathering them before and scatter-adding after. Both give the same outputs.
-We time both on the same inputs and, with torch.profiler, measure the share of the
-sparse pass spent in the gather/scatter ops themselves. A third candidate runs the same
-forward with every branch skipped (a forced empty route): the work every image pays
-whatever its route (stem, cell preprocessing, routers, classifier), which no routing can save.
+The masked reference (``model(x, policy, execution="masked")``, the plain DRNet) runs every
+branch on every sample and multiplies by gate x mask; sparse execution runs each branch only on
+the samples that kept it, gathering them before and scatter-adding after. Both give the same
+outputs. The sparse candidate is the model the other benchmarks time: the fast path
+(``drnets.inference.for_inference``) by default, so the ratio also holds what the fast path
+saves; ``--no-fast`` times the plain model's sparse execution, like against like. With
+torch.profiler we measure the share of the sparse pass spent in the gather/scatter ops
+themselves. A third candidate runs the sparse forward with every branch skipped (a forced empty
+route): the work every image pays whatever its route (stem, cell preprocessing, routers,
+classifier), which no routing can save.
 
     python -m bench.masked --batches 1,64
+    python -m bench.masked --batches 1,64 --no-fast
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -34,6 +39,7 @@ from .common import (
     inference,
     load_model,
     machine,
+    place,
     prepare,
     random_init_note,
     ratio,
@@ -47,8 +53,9 @@ def run(
     settings: Settings, batches: tuple[int, ...] = (1, 64), images_b1: int = 16, loaded: Loaded | None = None
 ) -> dict[str, Any]:
     loaded = loaded or load_model("drnet")
-    # Not compiled: the execution mode is switched on the module between calls.
-    model = prepare(loaded.model, dataclasses.replace(settings, compile=False))
+    plain = place(loaded.model, settings)  # only the plain model has the masked reference
+    model = prepare(loaded.model, dataclasses.replace(settings, compile=False))  # eager, like the reference
+    policy = loaded.model.default_policy
     data, data_note = eval_images(max(*batches, images_b1))
     rows = []
     for batch in batches:
@@ -56,24 +63,33 @@ def run(
         inputs = [to_device(c, loaded, settings) for c in chunks]
         n_images = sum(len(c) for c in chunks)
         with inference(settings):
-            traces = [model(x)[1] for x in inputs]
+            traces = [model(x, policy)[1] for x in inputs]
             nothing = torch.zeros_like(traces[0].ran[:1])  # [1, L, E, K]: every branch skipped
-            fixed_flops = float(model(inputs[0], nothing)[1].flops[0])
-            calls = {mode: _caller(model, inputs, mode) for mode in ("sparse", "masked")}
-            calls["no_branches"] = _caller(model, inputs, "sparse", nothing)
+            fixed_flops = float(model(inputs[0], policy, nothing)[1].flops[0])
+            calls = {
+                "sparse": _caller(model, inputs, policy),
+                "masked": _caller(plain, inputs, policy, execution="masked"),
+                "no_branches": _caller(model, inputs, policy, nothing),
+            }
             seconds = compare(calls, settings)
             share = _gather_scatter_share(calls["sparse"])
-        model.execution = "sparse"
         rows.append(_row(batch, n_images, seconds, traces, share, fixed_flops))
     notes = [n for n in (data_note, random_init_note([loaded])) if n]
-    return {"rows": rows, "model": loaded.source, "gather_scatter_ops": list(GATHER_SCATTER_OPS), "notes": notes}
+    return {
+        "rows": rows,
+        "model": loaded.source,
+        "sparse_path": "fast" if settings.fast else "plain",
+        "gather_scatter_ops": list(GATHER_SCATTER_OPS),
+        "notes": notes,
+    }
 
 
-def _caller(model: torch.nn.Module, inputs: list[torch.Tensor], mode: str, route: torch.Tensor | None = None):
+def _caller(model: torch.nn.Module, inputs: list[torch.Tensor], *args: Any, **kwargs: Any) -> Callable[[], None]:
+    """One timed call: ``model(x, *args, **kwargs)`` for every input."""
+
     def call() -> None:
-        model.execution = mode
         for x in inputs:
-            model(x, route)
+            model(x, *args, **kwargs)
 
     return call
 
@@ -130,8 +146,10 @@ def show(result: dict[str, Any]) -> None:
         "every_image_pct_of_flops",
     ]
     print(format_table(result["rows"], keys))
+    path = "fast path (drnets.inference)" if result["sparse_path"] == "fast" else "plain model"
     print(
-        "\nmasked_over_sparse = masked time / sparse time; flops_ratio = all-branches FLOPs / routed FLOPs; "
+        f"\nsparse: the {path}; masked: the plain model. "
+        "masked_over_sparse = masked time / sparse time; flops_ratio = all-branches FLOPs / routed FLOPs; "
         "partial_branches_pct = (cell, edge, branch) slots run on part of the batch (these need gather/scatter); "
         f"gather/scatter ops: {', '.join(result['gather_scatter_ops'])} (CPU-side profiler time); "
         "every_image_* = the same forward with every branch skipped (stem, preprocessing, routers, classifier), "

@@ -3,13 +3,15 @@
 Parts: the stem, the cells' preprocessing, the router MLPs and the head (work every image pays,
 the same modules in both models), each kind of branch, and the rest (gating and summing the
 branches, concatenation, the ReLU of each state, routing decisions, gather/scatter). Each part's
-modules get timers (forward hooks). The last column answers the question a kernel change raises
-for the efficiency figure (realized speedup / FLOPs ratio): if one part ran twice as fast in both
-models, where would efficiency go? A part raises it only when it is a larger share of the DRNet's
-time than of the dense supernet's: the every-image parts, and avg pools for the shipped DRNet;
-speeding a kind of branch the dense supernet runs far more often lowers it, however much time it
-saves both (docs/BENCHMARKS.md "Fifth round"). The hooks add a few microseconds per call, more to
-the dense supernet (7x the branch calls): read the shares, and take efficiency from bench.latency.
+calls are wrapped in timers on a private copy of the model the settings give (the fast path,
+``drnets.inference.for_inference``, by default; ``--no-fast``: the plain model). The last column
+answers the question a kernel change raises for the efficiency figure (realized speedup / FLOPs
+ratio): if one part ran twice as fast in both models, where would efficiency go? A part raises it
+only when it is a larger share of the DRNet's time than of the dense supernet's: the every-image
+parts, and avg pools for the shipped DRNet; speeding a kind of branch the dense supernet runs far
+more often lowers it, however much time it saves both (docs/BENCHMARKS.md). The timers add a few
+microseconds per call, more to the dense supernet (7x the branch calls): read the shares, and take
+efficiency from bench.latency.
 
     python -m bench.parts --batches 1,64
     python -m bench.parts --drnet runs/NAME/model   # your own DRNet against the shipped dense supernet
@@ -20,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import functools
 import statistics
 import time
 from collections import defaultdict
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 
 from drnets.argtypes import positive_ints
+from drnets.inference import FastDRNet
 from drnets.model import DRNet
 from drnets.router import Router
 
@@ -57,53 +59,63 @@ MODELS = ("drnet", "dense")
 REST = "rest"
 
 
-def timed_modules(model: DRNet) -> Iterator[tuple[str, nn.Module]]:
-    """(part, module) pairs that together run every timed part of a forward exactly once, none nested.
+def timed_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
+    """(part, module, method): the calls ``module.method(...)`` that together run every timed part of a
+    forward of ``model`` (a DRNet or its fast twin) exactly once, none nested.
 
-    Branches are named by kind, with "/s2" where they stride.
+    Branches are named by kind, with "/s2" where they stride. The fast twin rectifies each state once
+    before the cells read it, so its preprocessing is timed through ``rectified``.
     """
-    yield "stem", model.stem
-    if model.shared_routers is not None:  # at inference every cell's router runs in this one call
-        yield "router MLPs", model.shared_routers
-    for cell in model.cells:
-        yield from (("preprocessing", pre) for pre in (cell.preprocess0, cell.preprocess1))
-        if model.shared_routers is None and isinstance(cell.router, Router):
-            yield from (("router MLPs", m) for m in (cell.router.fc1, cell.router.fc2))
-        for (src, _), candidates in zip(cell.edges, cell.branches):
-            suffix = "/s2" if cell.edge_stride(src) == 2 else ""
-            for name, branch in zip(cell.branch_names, candidates):
-                yield name + suffix, branch
-    yield from (("head", m) for m in (model.global_pool, model.classifier))
+    fast = isinstance(model, FastDRNet)
+    plain: DRNet = model.plain if fast else model
+    stacked = model.routers if fast else None
+    yield "stem", model.stem, "forward"
+    if stacked is not None:  # every cell's router in one call
+        yield "router MLPs", stacked, "forward"
+    for cell, plain_cell in zip(model.cells, plain.cells):
+        for pre in (cell.preprocess0, cell.preprocess1):
+            yield "preprocessing", pre, "rectified" if fast else "forward"
+        if stacked is None and isinstance(plain_cell.router, Router):
+            yield from (("router MLPs", m, "forward") for m in (plain_cell.router.fc1, plain_cell.router.fc2))
+        for (src, _), candidates in zip(plain_cell.edges, cell.branches):
+            suffix = "/s2" if plain_cell.edge_stride(src) == 2 else ""
+            for name, branch in zip(plain_cell.branch_names, candidates):
+                yield name + suffix, branch, "forward"
+    yield from (("head", m, "forward") for m in (plain.global_pool, plain.classifier))
 
 
 @contextlib.contextmanager
-def timed_parts(model: DRNet, settings: Settings, seconds: dict[str, float]) -> Iterator[None]:
-    """Adds each timed module call's wall-clock to ``seconds[part]`` while open."""
-    handles, started = [], {}
+def timed_parts(model: nn.Module, settings: Settings, seconds: dict[str, float]) -> Iterator[None]:
+    """Adds each timed call's wall-clock to ``seconds[part]`` while open (an instance attribute shadows
+    the method; ``nn.Module.__call__`` finds a shadowed ``forward`` too)."""
+    wrapped = []
 
-    def before(part: str, module: nn.Module, args: Any) -> None:
-        synchronize(settings)
-        started[id(module)] = time.perf_counter()
+    def timer(part: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            synchronize(settings)
+            start = time.perf_counter()
+            out = method(*args, **kwargs)
+            synchronize(settings)
+            seconds[part] += time.perf_counter() - start
+            return out
 
-    def after(part: str, module: nn.Module, args: Any, output: Any) -> None:
-        synchronize(settings)
-        seconds[part] += time.perf_counter() - started.pop(id(module))
+        return timed
 
-    for part, module in timed_modules(model):
-        handles.append(module.register_forward_pre_hook(functools.partial(before, part)))
-        handles.append(module.register_forward_hook(functools.partial(after, part)))
+    for part, module, method in timed_modules(model):
+        module.__dict__[method] = timer(part, getattr(module, method))
+        wrapped.append((module, method))
     try:
         yield
     finally:
-        for handle in handles:
-            handle.remove()
+        for module, method in wrapped:
+            del module.__dict__[method]
 
 
 def run(
     settings: Settings, batches: tuple[int, ...] = (1, 64), images_b1: int = 16, drnet: Path | None = None
 ) -> dict[str, Any]:
     """``drnet``: a DRNet checkpoint folder to split instead of the shipped one."""
-    settings = dataclasses.replace(settings, compile=False)  # hooks time eager modules
+    settings = dataclasses.replace(settings, compile=False)  # the timers wrap eager modules
     loaded = {name: load_model(name, drnet if name == "drnet" else None) for name in MODELS}
     models = {name: prepare(loaded[name].model, settings) for name in MODELS}
     data, data_note = eval_images(max(*batches, images_b1))
@@ -121,7 +133,7 @@ def run(
 
 
 def _timed_rounds(
-    models: dict[str, DRNet], inputs: dict[str, list[torch.Tensor]], settings: Settings
+    models: dict[str, nn.Module], inputs: dict[str, list[torch.Tensor]], settings: Settings
 ) -> dict[str, list[dict[str, float]]]:
     """Per model, per timed round: seconds per part, plus "total" for the whole forward. Round-robin,
     like ``bench.common.compare``, so load changes hit both models alike."""
@@ -168,7 +180,7 @@ def _summary(
         speedup = ratio(total["dense"] - saved["dense"], total["drnet"] - saved["drnet"])
         return ratio(speedup, flops_ratio) if speedup and flops_ratio else None
 
-    now = efficiency({name: 0.0 for name in MODELS})
+    measured = efficiency({name: 0.0 for name in MODELS})
     part_rows = []
     for part, ms in [*per_part.items(), (REST, rest)]:
         # The rest is a different mix in each model (the dense supernet gates 7x the branches): no one factor.
@@ -188,7 +200,7 @@ def _summary(
         "drnet_ms_per_image": total["drnet"],
         "dense_ms_per_image": total["dense"],
         "flops_ratio": flops_ratio,
-        "efficiency": now,
+        "efficiency": measured,
         "parts": sorted(part_rows, key=lambda r: -r["drnet_ms_per_image"]),
     }
 

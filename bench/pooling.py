@@ -1,10 +1,13 @@
-"""3x3 pooling branches: ATen's kernels vs the forms ``drnets.ops`` uses at inference.
+"""3x3 pooling branches: ATen's kernels vs the forms the inference fast path uses on a CPU.
 
 Stride-1 max pool vs its separable form (a row max then a column max), and average pool
 (stride 1 and 2, ``count_include_pad=False``) vs a depthwise convolution of 1/9s whose border
 windows are rescaled to their real-pixel counts. Times each pair on the shipped DRNet's node-map
 shapes (C, 2C, 4C channels at full, half and quarter resolution), round-robin in one process,
-and checks that the two agree (max: identical; average: equal up to float rounding).
+and checks that the two agree (max: identical; average: equal up to float rounding). The
+``fast_path_uses`` column says which of the two ``drnets.inference.FastPool`` picks for that map
+(``SEPARABLE_MIN_PIXELS``, ``DEPTHWISE_MIN_PIXELS``): "fast" next to a speedup below 1 says a
+threshold is too low, "aten" next to one above 1 that it is too high.
 
     python -m bench.pooling --batches 1,64
 """
@@ -20,7 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from drnets.argtypes import positive_ints
-from drnets.ops import avg_pool_3x3_depthwise, max_pool_3x3_separable
+from drnets.inference import (
+    DEPTHWISE_MIN_PIXELS,
+    SEPARABLE_MIN_PIXELS,
+    avg_pool_3x3_depthwise,
+    max_pool_3x3_separable,
+)
 
 from .common import (
     Settings,
@@ -86,13 +94,24 @@ def run(settings: Settings, batches: tuple[int, ...] = (1, 64)) -> dict[str, Any
                         "aten_us": times["aten"] * 1e6,
                         "fast_us": times["fast"] * 1e6,
                         "speedup": ratio(times["aten"], times["fast"]),
+                        "fast_path_uses": "fast" if _picks_fast_form(pool, stride, x) else "aten",
                     }
                 )
     return {"rows": rows, "forms": {"max s1": "separable", "avg s1": "depthwise conv", "avg s2": "depthwise conv"}}
 
 
+def _picks_fast_form(pool: str, stride: int, x: torch.Tensor) -> bool:
+    """Whether ``FastPool`` runs the other form on ``x`` (on a CPU; on a GPU it always runs ATen's)."""
+    if x.device.type != "cpu":
+        return False
+    pixels = x.shape[0] * x.shape[-2] * x.shape[-1]
+    if pool == "max":
+        return pixels >= SEPARABLE_MIN_PIXELS
+    return pixels >= DEPTHWISE_MIN_PIXELS * stride**2
+
+
 def show(result: dict[str, Any]) -> None:
-    print(format_table(result["rows"], ["batch", "pool", "shape", "aten_us", "fast_us", "speedup"]))
+    print(format_table(result["rows"], ["batch", "pool", "shape", "aten_us", "fast_us", "speedup", "fast_path_uses"]))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -53,14 +53,14 @@ def run(
     models = models or {name: load_model(name) for name in MODELS}
     data, data_note = eval_images(limit)
     labels = data.labels.to(settings.torch_device)
-    ready = {name: prepare(m.model, dataclasses.replace(settings, compile=False)) for name, m in models.items()}
+    ready = {name: prepare(m.model, settings) for name, m in models.items()}
     batches = {
         name: [to_device(data.images[i : i + batch_size], m, settings) for i in range(0, len(data), batch_size)]
         for name, m in models.items()
     }
     traces: dict[str, list] = {}
     calls: dict[str, Callable[[], None]] = {}
-    top_k = ready["drnet"].policy.top_k
+    top_k = models["drnet"].model.default_policy.top_k
     for t in thresholds:
         key = f"drnet@{t:g}"
         calls[key] = _pass(ready["drnet"], batches["drnet"], traces, key, RoutingPolicy(t, top_k))
@@ -105,12 +105,11 @@ def _pass(
     key: str,
     policy: RoutingPolicy | None = None,
 ) -> Callable[[], None]:
-    """One pass over the data, keeping the traces of the latest pass under ``key``."""
+    """One pass over the data under ``policy`` (None: the model's default), keeping the traces of the
+    latest pass under ``key``."""
 
     def call() -> None:
-        if policy is not None:
-            model.policy = policy
-        traces[key] = [model(x)[1] for x in batches]
+        traces[key] = [model(x, policy)[1] for x in batches]
 
     return call
 

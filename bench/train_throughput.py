@@ -82,7 +82,8 @@ def _temperature(loaded: Loaded) -> float:
     """The Gumbel-Softmax temperature the run ended with (the router is sparsest there)."""
     history = loaded.training.get("history") or [{}]
     recipe = loaded.training.get("recipe") or {}
-    return float(history[-1].get("temperature", recipe.get("tau_end", TrainConfig.tau_end)))
+    temperature = history[-1].get("temperature")
+    return float(recipe.get("tau_end", TrainConfig.tau_end) if temperature is None else temperature)
 
 
 def trainer(
@@ -93,8 +94,12 @@ def trainer(
     model = copy.deepcopy(loaded.model).train().to(settings.torch_device)
     if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if isinstance(model, DRNet):
-        model.temperature = _temperature(loaded)
+    # As drnets.train: every DRNet (the dense supernet too) routes under a policy carrying the temperature.
+    policy = (
+        dataclasses.replace(model.default_policy, temperature=_temperature(loaded))
+        if isinstance(model, DRNet)
+        else None
+    )
     saved = loaded.training.get("recipe") or {}
     recipe = TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__})
     optimizer, _ = build_optimizer(recipe, model, total_steps=10**6)
@@ -105,7 +110,7 @@ def trainer(
         optimizer.zero_grad(set_to_none=True)
         with cudnn_enabled(use_cudnn):
             with autocast(settings):
-                logits, trace = model(x)
+                logits, trace = model(x, policy)
                 loss, _ = training_loss(model, logits, trace, labels, recipe, x.shape[-2], x.shape[-1])
             scaler.scale(loss).backward()
         scaler.step(optimizer)

@@ -8,6 +8,7 @@ and FLOPs, and that benchmarking leaves the models untouched.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -28,6 +29,7 @@ from bench.common import (
     cpu_bf16_flags,
     inference,
     load_model,
+    prepare,
     settings_from_args,
 )
 
@@ -81,8 +83,10 @@ def test_pooling_compares_both_kernels_on_every_node_shape() -> None:
         assert row["speedup"] == pytest.approx(row["aten_us"] / row["fast_us"])
 
 
-def test_masked_reports_the_gather_scatter_share(models) -> None:
-    result = masked.run(TINY, batches=(1, 4), images_b1=2, loaded=models["drnet"])
+@pytest.mark.parametrize("fast", [True, False])
+def test_masked_reports_the_gather_scatter_share(models, fast: bool) -> None:
+    result = masked.run(dataclasses.replace(TINY, fast=fast), batches=(1, 4), images_b1=2, loaded=models["drnet"])
+    assert result["sparse_path"] == ("fast" if fast else "plain")
     one, four = result["rows"]
     assert one["partial_branches_pct"] == 0 and one["gather_scatter_pct_of_sparse"] == 0  # batch 1 never gathers
     for row in (one, four):
@@ -129,12 +133,15 @@ def test_breakdown_groups_the_profiled_time_of_forwards_or_training_steps(train:
     assert math.isclose(sum(row["share_pct"].values()), 100.0) and row["share_pct"]["convolution"] > 0
 
 
-def test_parts_split_each_forward_and_say_which_parts_would_raise_efficiency(models) -> None:
-    result = parts.run(TINY, batches=(4,), images_b1=2)
+@pytest.mark.parametrize("fast", [True, False])
+def test_parts_split_each_forward_and_say_which_parts_would_raise_efficiency(models, fast: bool) -> None:
+    settings = dataclasses.replace(TINY, fast=fast)
+    result = parts.run(settings, batches=(4,), images_b1=2)
     (row,) = result["rows"]
     rows = {r["part"]: r for r in row["parts"]}
     # The dense supernet runs every kind of branch, strided ones included, and every image pays the fixed parts.
-    branch_kinds = {p for p, _ in parts.timed_modules(models["dense"].model)} - {"stem", "preprocessing", "head"}
+    dense = prepare(models["dense"].model, settings)
+    branch_kinds = {p for p, *_ in parts.timed_modules(dense)} - {"stem", "preprocessing", "head"}
     assert len(branch_kinds) == 14 and all(rows[k]["dense_ms_per_image"] > 0 for k in branch_kinds)
     every_image = ("stem", "preprocessing", "router MLPs", "head")
     assert set(rows) == branch_kinds | {*every_image, parts.REST}
@@ -151,8 +158,12 @@ def test_parts_split_each_forward_and_say_which_parts_would_raise_efficiency(mod
         if part != parts.REST and not math.isclose(r["drnet_pct"], r["dense_pct"]):
             assert (r["efficiency_if_2x_faster"] > row["efficiency"]) == (r["drnet_pct"] > r["dense_pct"])
     assert rows[parts.REST]["efficiency_if_2x_faster"] is None
-    for loaded in models.values():  # the timers were hooked on private copies, and removed
-        assert not any(m._forward_hooks or m._forward_pre_hooks for m in loaded.model.modules())
+    for loaded in models.values():  # the timers wrapped private copies only
+        assert not any({"forward", "rectified"} & m.__dict__.keys() for m in loaded.model.modules())
+    with parts.timed_parts(dense, settings, {}):
+        wrapped = [m for _, m, method in parts.timed_modules(dense) if method in m.__dict__]
+        assert len(wrapped) == len(list(parts.timed_modules(dense)))
+    assert not any({"forward", "rectified"} & m.__dict__.keys() for m in dense.modules())  # and unwrapped them
 
 
 def test_breakdown_refuses_training_steps_at_batch_1(capsys) -> None:
@@ -209,17 +220,20 @@ def test_bad_numbers_are_usage_errors_not_stack_traces(script, flags: list[str],
     assert message in capsys.readouterr().err
 
 
-def test_no_fold_bn_runs_every_batch_norm(models) -> None:
+def test_no_fast_times_the_plain_model_with_every_batch_norm(models) -> None:
     parser = argparse.ArgumentParser()
     add_settings_args(parser)
-    unfolded = settings_from_args(parser.parse_args(["--no-fold-bn", "--device", "cpu"]))
+    plain = settings_from_args(parser.parse_args(["--no-fast", "--device", "cpu", "--layout", "nchw"]))
+    assert not plain.fast and TINY.fast
     x = torch.zeros(2, 1, 28, 28)
-    counts = []
-    for settings in (unfolded, TINY):
+    counts, logits = [], []
+    for settings in (plain, TINY):
+        model = prepare(models["mobilenetv2"].model, settings)
         with inference(settings), profile(activities=[ProfilerActivity.CPU]) as prof:
-            models["mobilenetv2"].model.eval()(x)
+            logits.append(model(x, None)[0])
         counts.append(sum(e.count for e in prof.key_averages() if e.key == "aten::batch_norm"))
-    assert counts == [52, 0]  # every BN of MobileNetV2, then none
+    assert counts == [52, 0]  # every BN of MobileNetV2, then none: the fast path folds them
+    torch.testing.assert_close(logits[0], logits[1], rtol=1e-4, atol=1e-4)
 
 
 def test_bad_device_is_refused_with_a_message() -> None:
