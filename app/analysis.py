@@ -1,16 +1,18 @@
 """One image through the loaded models: preprocessing, inference, latency and attributions.
 
-The models are shared by every session (``st.cache_resource``), so nothing here mutates them:
-``with_policy`` applies a session's routing settings without touching the shared instance, and
-attributions run on the private copy ``drnets.attribution.attribute`` makes. Results are cached
+The models are shared by every session (``st.cache_resource``) and nothing here mutates them: a
+session's routing settings are an argument of each forward (``with_policy``), inference runs on each
+model's ``for_inference`` twin, and attributions run on the private copy of the plain model that
+``drnets.attribution.attribute`` makes. Results are cached
 per image hash and settings (``st.cache_data``); arguments starting with ``_`` are not hashed,
 their identity is carried by the key arguments next to them.
 """
 
 from __future__ import annotations
 
-import copy
+import functools
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,7 +24,7 @@ from torch import nn
 from app.timing import measure_latency
 from drnets.attribution import Attribution, attribute
 from drnets.data import to_input
-from drnets.model import DRNet
+from drnets.model import is_routed
 from drnets.router import RoutingPolicy
 from drnets.trace import RoutingTrace
 from drnets.upload import PreparedImage, prepare_upload
@@ -86,26 +88,17 @@ class Analysis:
 # ---- routing settings ----
 
 
-def routed(model: nn.Module, policy: RoutingPolicy | None) -> nn.Module:
-    """The model with ``policy`` in force, without touching the shared instance.
-
-    A shallow copy has its own ``__dict__`` (so its own ``policy``) but shares every
-    parameter and buffer: no memory is copied and other sessions keep their policy.
-    """
-    if policy is None or not isinstance(model, DRNet) or not model.config.dynamic:
-        return model
-    view = copy.copy(model)
-    view.policy = policy
-    return view
+Forward = Callable[[torch.Tensor], tuple[torch.Tensor, RoutingTrace]]
 
 
-def with_policy(model: nn.Module, threshold: float, top_k: int | None) -> nn.Module:
-    """``model`` running at these routing settings; a static model comes back as it is.
+def policy_for(model: nn.Module, threshold: float, top_k: int | None) -> RoutingPolicy | None:
+    """The session's routing settings for a routed model; None (nothing to route) for the others."""
+    return RoutingPolicy(threshold, top_k) if is_routed(model) else None
 
-    Every forward the app makes (inference, latency, attributions, warm-up) takes its model
-    from here: the one place where a session's settings meet a shared model.
-    """
-    return routed(model, RoutingPolicy(threshold, top_k))
+
+def with_policy(model: nn.Module, threshold: float, top_k: int | None) -> Forward:
+    """``model``'s forward at these routing settings: the one place a session's settings meet a shared model."""
+    return functools.partial(model, policy=policy_for(model, threshold, top_k))
 
 
 def route_settings(name: str, threshold: float, top_k: int | None) -> tuple[float, int | None]:
@@ -121,7 +114,7 @@ def analyse(models: ModelSet, source: ImageSource, threshold: float, top_k: int 
     prepared = prepare(source.digest, source.data, models.input_size, models.mean, models.std, max_upload_bytes())
     x = models.on_device(prepared.tensor)
     settings = {name: route_settings(name, threshold, top_k) for name in models.checkpoints}
-    ready = {name: with_policy(ckpt.model, *settings[name]) for name, ckpt in models.checkpoints.items()}
+    ready = {name: with_policy(models.fast[name], *settings[name]) for name in models.checkpoints}
     runs = {
         name: run_model(model, models.key, source.digest, x, name, *settings[name]) for name, model in ready.items()
     }
@@ -139,9 +132,9 @@ def prepare(
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def run_model(
-    _model: nn.Module, models_key: str, digest: str, _x: torch.Tensor, name: str, threshold: float, top_k: int | None
+    _model: Forward, models_key: str, digest: str, _x: torch.Tensor, name: str, threshold: float, top_k: int | None
 ) -> ModelRun:
-    """One model (policy applied) on one image already on its device; the key arguments say which."""
+    """One model's forward (policy applied) on one image already on its device; the key arguments say which."""
     with torch.inference_mode():
         _, trace = _model(_x)
     # concat detaches and moves every tensor to the CPU
@@ -155,7 +148,7 @@ def run_pixels(models: ModelSet, pixels: list, threshold: float, top_k: int | No
         images = images.unsqueeze(-1)
     x = models.on_device(to_input(images.unsqueeze(0), models.mean, models.std))
     digest = "pixels:" + hashlib.sha256(images.numpy().tobytes()).hexdigest()
-    model = with_policy(models.get("drnet").model, threshold, top_k)
+    model = with_policy(models.fast["drnet"], threshold, top_k)
     return run_model(model, models.key, digest, x, "drnet", threshold, top_k)
 
 
@@ -174,6 +167,7 @@ def explain(
 
     Methods that compare with a reference image (Integrated Gradients, occlusion) use a black image.
     """
-    model = with_policy(_models.get(name).model, *route_settings(name, threshold, top_k))
+    model = _models.get(name).model
+    policy = policy_for(model, *route_settings(name, threshold, top_k))
     black = float(np.mean([-m / s for m, s in zip(_models.mean, _models.std, strict=True)]))  # normalised 0
-    return attribute(model, _x.to(_models.device), method, baseline=black)
+    return attribute(model, _x.to(_models.device), method, policy=policy, baseline=black)

@@ -1,7 +1,8 @@
 """The models the pages compare: finding the checkpoints, loading, checking and warming them.
 
 Models load once per process (``st.cache_resource``) and every session shares them, so nothing
-in the app mutates them (see ``app.analysis.with_policy``).
+in the app mutates them (see ``app.analysis.with_policy``). Each plain model (attributions) comes
+with its ``for_inference`` twin (everything else).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from app.analysis import with_policy
 from app.paths import ASSETS
 from drnets.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from drnets.data import normalization
-from drnets.device import describe, keep_freed_memory, pick_device
+from drnets.device import describe, pick_device
+from drnets.inference import for_inference, keep_freed_memory
 from drnets.model import DRNet
 
 LABELS = {"drnet": "DRNet", "mobilenetv2": "MobileNetV2", "dense": "Dense supernet"}
@@ -44,6 +46,7 @@ class ModelSet:
     input_size: tuple[int, int, int] = (1, 28, 28)
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
+    fast: dict[str, nn.Module] = field(default_factory=dict)  # name -> the model's for_inference twin
 
     @property
     def key(self) -> str:
@@ -115,15 +118,17 @@ def load_models(directory: str, device: str = "") -> ModelSet:
         if loaded[name].class_names != reference.class_names or _input_format(loaded[name])[0] != size:
             problems[name] = f"{LABELS[name]} was trained on other classes or image sizes than the DRNet; left out"
             del loaded[name]
+    fast = {}
     for name in list(loaded):
         try:
-            warm_up(loaded[name].model, size, target)
+            fast[name] = for_inference(loaded[name].model)
+            warm_up(fast[name], size, target)
         except (RuntimeError, ValueError) as err:  # a checkpoint whose model cannot run at its own input size
             problems[name] = f"{LABELS[name]} cannot run on {'x'.join(map(str, size))} inputs: {err}"
             del loaded[name]
     if "drnet" not in loaded:
         return ModelSet(folder, target, loaded, problems)
-    return ModelSet(folder, target, loaded, problems, reference.class_names, size, mean, std)
+    return ModelSet(folder, target, loaded, problems, reference.class_names, size, mean, std, fast)
 
 
 def warm_up(model: nn.Module, size: tuple[int, int, int], device: torch.device) -> None:

@@ -20,6 +20,7 @@ from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Occ
 from torch import nn
 
 from .model import DRNet, MobileNetV2
+from .router import RoutingPolicy
 
 METHODS = ("saliency", "gradcam", "integrated_gradients", "occlusion")
 METHOD_NOTES = {
@@ -63,6 +64,7 @@ def attribute(
     method: str,
     target: int | None = None,
     *,
+    policy: RoutingPolicy | None = None,
     baseline: float = 0.0,
     ig_steps: int = 32,
     internal_batch_size: int = 16,
@@ -73,6 +75,7 @@ def attribute(
         model: a DRNet or MobileNetV2 (never modified: a private copy is used).
         x: one normalised image [1, C, H, W].
         method: one of ``METHODS``.
+        policy: the routing policy that chose the route the maps explain (default: the model's own).
         baseline: the reference input value for Integrated Gradients and Occlusion, in the
             normalised space (pass ``-mean / std`` for a black image).
     Returns:
@@ -88,12 +91,12 @@ def attribute(
     started = time.perf_counter()
     local = copy.deepcopy(model).eval()
     with torch.no_grad():
-        logits, trace = local(x)
+        logits, trace = local(x, policy)
     target = int(logits.argmax(1)) if target is None else target
     route = trace.ran if isinstance(local, DRNet) else None
 
     def forward(inputs: torch.Tensor) -> torch.Tensor:
-        return local(inputs, forced_route=route)[0]
+        return local(inputs, policy, forced_route=route)[0]
 
     attr, delta = _run(
         method, forward, local, x.clone().requires_grad_(True), target, baseline, ig_steps, internal_batch_size

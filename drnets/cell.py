@@ -9,6 +9,7 @@ intermediate nodes. Edge e = (src, dst) is enumerated node by node, source by so
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -82,11 +83,9 @@ class Cell(nn.Module):
     def out_channels(self) -> int:
         return self.num_nodes * self.channels
 
-    def route(
-        self, logits: torch.Tensor, policy: RoutingPolicy, temperature: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def route(self, logits: torch.Tensor, policy: RoutingPolicy) -> tuple[torch.Tensor, torch.Tensor]:
         """Gate weights [B, E, K] and the run mask [B, E, K] from the router's logits."""
-        weights = recalibrate(logits, temperature, self.training)
+        weights = recalibrate(logits, policy.temperature, self.training)
         return weights, select(weights.detach(), policy)
 
     def forward(
@@ -94,73 +93,29 @@ class Cell(nn.Module):
         s0: torch.Tensor,
         s1: torch.Tensor,
         policy: RoutingPolicy,
-        temperature: float = 1.0,
         forced_ran: torch.Tensor | None = None,
         execution: Execution = "sparse",
         context: torch.Tensor | None = None,
-        inputs_rectified: bool = False,
-        routed: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns (cell output [B, N*c, H', W'], gate weights [B, E, K], ran mask [B, E, K]).
 
         ``forced_ran`` ([B or 1, E, K] bool) replaces the router's selection, e.g. to keep
         the route of a real image fixed while attribution methods perturb it. ``context``
         is what a stem-reading router reads: the stem output already through ``pool_maps``.
-        ``inputs_rectified``: s0 and s1 already went through the ReLU that begins the
-        preprocessing, so it is not applied again. ``routed``: this cell's gate weights and run
-        mask, already computed (the model routes every cell at once where it can, see
-        ``SharedInputRouters``).
         """
-        s0, s1 = self.preprocess0(s0, rectified=inputs_rectified), self.preprocess1(s1, rectified=inputs_rectified)
-        if routed is None:
-            logits = self.router.logits(context) if context is not None else self.router(s0, s1)
-            routed = self.route(logits, policy, temperature)
-        weights, ran = routed
+        s0, s1 = self.preprocess0(s0), self.preprocess1(s1)
+        logits = self.router.logits(context) if context is not None else self.router(s0, s1)
+        weights, ran = self.route(logits, policy)
         if forced_ran is not None:
             ran = forced_ran.to(ran.device).expand_as(ran)
-        run = self._run_sparse if execution == "sparse" else self._run_masked
-        return run([s0, s1], weights, ran), weights, ran
+        if execution == "masked":
+            return self._run_masked([s0, s1], weights, ran), weights, ran
+        return run_sparse(self, [s0, s1], weights, ran), weights, ran
 
-    def _node_shape(self, s1: torch.Tensor) -> tuple[int, ...]:
+    def node_shape(self, s1: torch.Tensor) -> tuple[int, ...]:
         b, _, h, w = s1.shape
         stride = 2 if self.reduction else 1
         return (b, self.channels, (h - 1) // stride + 1, (w - 1) // stride + 1)
-
-    def _run_sparse(self, states: list[torch.Tensor], weights: torch.Tensor, ran: torch.Tensor) -> torch.Tensor:
-        """Run each kept branch on exactly the samples that kept it; skipped branches are never called.
-
-        Per node, the branches every sample kept run first on the whole batch and seed the
-        sum in place (no zero tensor, no gather, weight multiply fused into ``addcmul_``);
-        branches only some samples kept gather those rows, run, and scatter-add back.
-        The whole cell costs one host sync (the route) and, only for a mixed batch, one
-        ``nonzero`` for every branch's sample indices. See docs/BENCHMARKS.md "Profiling".
-        """
-        batch, num_branches = states[0].shape[0], len(self.branch_names)
-        counts, samples = _route_plan(ran, states[0].device)
-        # In the maps' dtype: under autocast the maps are half precision while softmax gives float32,
-        # and index_add_ needs one dtype on both sides.
-        gate = weights.to(states[1].dtype).flatten(1).t()[:, :, None, None, None].unbind(0)  # E*K views [B, 1, 1, 1]
-        node_shape, edge = self._node_shape(states[1]), 0
-        for _ in range(self.num_nodes):
-            node = None
-            partial = []
-            for src in range(len(states)):
-                for k, branch in enumerate(self.branches[edge]):
-                    i = edge * num_branches + k
-                    if counts[i] == batch:
-                        y = branch(states[src])
-                        node = y * gate[i] if node is None else node.addcmul_(y, gate[i])
-                    elif counts[i] > 0:
-                        partial.append((src, branch, i))
-                edge += 1
-            for src, branch, i in partial:
-                idx = samples[i]
-                rows = _gather(states[src], idx)  # a copy only this branch reads: its ReLU can run in place
-                y = branch(rows.relu_(), rectified=True) if branch.rectifies_input else branch(rows)
-                y = y * gate[i].index_select(0, idx)
-                node = _scatter_add_(_zeros(node_shape, states[1]) if node is None else node, idx, y)
-            states.append(node if node is not None else _zeros(node_shape, states[1]))
-        return torch.cat(states[2:], dim=1)
 
     def _run_masked(self, states: list[torch.Tensor], weights: torch.Tensor, ran: torch.Tensor) -> torch.Tensor:
         """Reference: every branch on every sample, multiplied by weight x mask. Slow, obviously right."""
@@ -178,6 +133,54 @@ class Cell(nn.Module):
     def fixed_params(self) -> int:
         """Parameters touched by every sample: preprocessing and router."""
         return param_count(self.preprocess0) + param_count(self.preprocess1) + param_count(self.router)
+
+
+BranchCall = Callable[[int, int, torch.Tensor, bool], torch.Tensor]
+
+
+def run_sparse(
+    cell: Cell,
+    states: list[torch.Tensor],
+    weights: torch.Tensor,
+    ran: torch.Tensor,
+    call: BranchCall | None = None,
+) -> torch.Tensor:
+    """Run each kept branch of ``cell`` on exactly the samples that kept it; skipped branches are never called.
+
+    Per node, the branches every sample kept run first on the whole batch and seed the sum in
+    place (no zero tensor, no gather, weight multiply fused into ``addcmul_``); branches only some
+    samples kept gather those rows, run, and scatter-add back. The whole cell costs one host sync
+    (the route) and, only for a mixed batch, one ``nonzero`` for every branch's sample indices.
+
+    ``call(edge, k, x, private)`` runs branch k of an edge on x; ``private`` says x is a gathered
+    copy no one else reads. The default calls the cell's own branches; ``drnets.inference`` passes
+    its folded ones.
+    """
+    call = call or (lambda edge, k, x, private: cell.branches[edge][k](x))
+    batch, num_branches = states[0].shape[0], len(cell.branch_names)
+    counts, samples = _route_plan(ran, states[0].device)
+    # In the maps' dtype: under autocast the maps are half precision while softmax gives float32,
+    # and index_add_ needs one dtype on both sides.
+    gate = weights.to(states[1].dtype).flatten(1).t()[:, :, None, None, None].unbind(0)  # E*K views [B, 1, 1, 1]
+    node_shape, edge = cell.node_shape(states[1]), 0
+    for _ in range(cell.num_nodes):
+        node = None
+        partial = []
+        for src in range(len(states)):
+            for k in range(num_branches):
+                i = edge * num_branches + k
+                if counts[i] == batch:
+                    y = call(edge, k, states[src], False)
+                    node = y * gate[i] if node is None else node.addcmul_(y, gate[i])
+                elif counts[i] > 0:
+                    partial.append((src, edge, k, i))
+            edge += 1
+        for src, e, k, i in partial:
+            idx = samples[i]
+            y = call(e, k, _gather(states[src], idx), True) * gate[i].index_select(0, idx)
+            node = _scatter_add_(_zeros(node_shape, states[1]) if node is None else node, idx, y)
+        states.append(node if node is not None else _zeros(node_shape, states[1]))
+    return torch.cat(states[2:], dim=1)
 
 
 def _route_plan(ran: torch.Tensor, device: torch.device) -> tuple[list[int], tuple[torch.Tensor, ...]]:

@@ -12,7 +12,7 @@ from dataclasses import fields
 
 from . import evaluate, predict, samples
 from .argtypes import positive_int
-from .device import keep_freed_memory
+from .inference import keep_freed_memory
 from .model import create_model, list_models
 
 INPUT_SHAPES = ((1, 28, 28), (3, 32, 32))  # Fashion-MNIST, CIFAR

@@ -8,10 +8,10 @@ counter itself so tests can check the formulas against it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 
@@ -69,8 +69,9 @@ def static_cost_table(base_flops: int, base_params: int) -> CostTable:
     return CostTable(base_flops, base_params, empty, empty, no_branches, no_branches, no_branches)
 
 
-def measure_flops(model: nn.Module, x: torch.Tensor) -> int:
-    """FLOPs that FlopCounterMode observes in one forward pass (only what actually ran)."""
+def measure_flops(model: Callable[[torch.Tensor], object], x: torch.Tensor) -> int:
+    """FLOPs that FlopCounterMode observes in one forward pass of ``model`` (a module, or a function of
+    the input such as ``lambda x: model(x, policy)``); only what actually ran counts."""
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         model(x)

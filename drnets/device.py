@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import platform
 from collections.abc import Iterator
 
 import torch
@@ -43,31 +41,3 @@ def cudnn_enabled(enabled: bool) -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.enabled = previous
-
-
-# glibc <malloc.h>: mallopt parameter numbers.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-KEPT_MEMORY_BYTES = 256 << 20
-
-
-def has_glibc() -> bool:
-    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
-
-
-def keep_freed_memory() -> bool:
-    """Serve large tensors from memory the process already has, not from fresh pages each time.
-
-    glibc hands every block above its mmap threshold (128 KiB to 32 MiB, adjusted as it goes)
-    to the kernel on free and trims the heap's free top, so each new activation map of a
-    batched forward page-faults its memory in again: a fifth of a batch-64 DRNet forward on
-    a 2-core CPU (docs/BENCHMARKS.md "Allocator"). PyTorch's CPU tuning guide swaps in
-    jemalloc or tcmalloc for the same reason; two ``mallopt`` calls do it in-process. The cost
-    is that up to 256 MiB of freed memory stays with the process. Returns whether it applied
-    (glibc only; elsewhere the allocator is left as it is).
-    """
-    if not has_glibc():
-        return False
-    libc = ctypes.CDLL(None)
-    return bool(
-        libc.mallopt(_M_MMAP_THRESHOLD, KEPT_MEMORY_BYTES) and libc.mallopt(_M_TRIM_THRESHOLD, KEPT_MEMORY_BYTES)
-    )

@@ -25,7 +25,8 @@ from .argtypes import positive_int, unit_float
 from .checkpoint import Checkpoint, atomic_write_text, load_checkpoint
 from .data import DATASETS, ImageSet, load_dataset, normalization, to_input
 from .device import pick_device
-from .model import DRNet
+from .inference import for_inference
+from .model import DRNet, is_routed
 from .router import RoutingPolicy
 from .trace import RoutingTrace
 
@@ -38,11 +39,6 @@ SWEEP_COLUMNS = ("threshold", "accuracy", "flops_mean", "params_used_mean")
 
 class EvaluationError(ValueError):
     """A checkpoint and a data set (or options) that do not fit together."""
-
-
-def is_routed(model: torch.nn.Module) -> bool:
-    """True for models whose route depends on the input (the threshold sweep applies)."""
-    return isinstance(model, DRNet) and model.config.dynamic
 
 
 def check_compatible(checkpoint: Checkpoint, data: ImageSet) -> None:
@@ -74,13 +70,14 @@ def run_traces(
     mean: Sequence[float],
     std: Sequence[float],
     batch_size: int = 256,
+    policy: RoutingPolicy | None = None,
 ) -> RoutingTrace:
-    """One inference pass over ``data``; the traces of every batch joined (on the CPU)."""
+    """One inference pass over ``data`` under ``policy``; the traces of every batch joined (on the CPU)."""
     device = next(model.parameters()).device
     traces = []
     for start in range(0, len(data), batch_size):
         x = to_input(data.images[start : start + batch_size], tuple(mean), tuple(std)).to(device)
-        traces.append(model(x)[1])
+        traces.append(model(x, policy)[1])
     return RoutingTrace.concat(traces)
 
 
@@ -233,43 +230,35 @@ def evaluate(
         the share of (image, edge) pairs that ran the branch, the 5 cheapest and 5 most
         expensive images with their pixels (``extremes``) and the ``sweep`` rows.
 
-    The model's routing policy is changed during the passes and restored afterwards: do
-    not evaluate a model that another thread is running.
-
     Example:
         >>> result = evaluate(load_checkpoint("assets/models/drnet"), load_dataset("fashion-mnist", "test"))
     """
     check_compatible(checkpoint, data)
     if len(data) == 0:
         raise EvaluationError(f"data set {data.name!r} has no images to evaluate")
-    model = checkpoint.model.eval()
-    saved_policy = getattr(model, "policy", None)
-    if saved_policy is None and (threshold is not None or top_k is not None):
+    routed = is_routed(checkpoint.model)
+    if not isinstance(checkpoint.model, DRNet) and (threshold is not None or top_k is not None):
         raise EvaluationError(f"{checkpoint.name} is a static network: --threshold and --top-k apply to DRNets only")
+    model = for_inference(checkpoint.model)
     channels = data.images.shape[-1]
     default_mean, default_std = normalization(data.name, channels)
     mean = checkpoint.training.get("mean", default_mean)
     std = checkpoint.training.get("std", default_std)
     policy = None
-    if saved_policy is not None:
+    if isinstance(checkpoint.model, DRNet):
+        default = checkpoint.model.default_policy
         policy = RoutingPolicy(
-            saved_policy.threshold if threshold is None else threshold, saved_policy.top_k if top_k is None else top_k
+            default.threshold if threshold is None else threshold, default.top_k if top_k is None else top_k
         )
-    try:
-        started = time.perf_counter()
-        if policy is not None:
-            model.policy = policy
-        trace = run_traces(model, data, mean, std, batch_size)
-        seconds = time.perf_counter() - started
-        sweep_rows = []
-        if policy is not None and is_routed(model) and sweep:
-            for t in sorted({*sweep, policy.threshold}):
-                model.policy = RoutingPolicy(t, policy.top_k)
-                swept = trace if t == policy.threshold else run_traces(model, data, mean, std, batch_size)
-                sweep_rows.append({"threshold": float(t), **_summary(swept, data.labels)})
-    finally:
-        if saved_policy is not None:
-            model.policy = saved_policy
+    started = time.perf_counter()
+    trace = run_traces(model, data, mean, std, batch_size, policy)
+    seconds = time.perf_counter() - started
+    sweep_rows = []
+    if policy is not None and routed and sweep:
+        for t in sorted({*sweep, policy.threshold}):
+            swept_policy = RoutingPolicy(t, policy.top_k)
+            swept = trace if t == policy.threshold else run_traces(model, data, mean, std, batch_size, swept_policy)
+            sweep_rows.append({"threshold": float(t), **_summary(swept, data.labels)})
     flops = trace.flops.double().numpy()
     totals = _summary(trace, data.labels)
     by_class, by_cell = _branch_usage(trace, data.labels, checkpoint.class_names)

@@ -16,9 +16,8 @@ from torch import nn
 
 from .cell import Cell, Execution
 from .cost import CostTable, static_cost_table
-from .fold import LayerStack, relu_output
-from .ops import PRIMITIVES, MatmulConv2d, Pool, param_count, sequential_flops
-from .router import Router, RoutingPolicy, SharedInputRouters, pool_maps, recalibrate, select
+from .ops import PRIMITIVES, Pool, param_count, sequential_flops
+from .router import RoutingPolicy, pool_maps
 from .trace import RoutingTrace
 
 
@@ -83,11 +82,8 @@ class DRNet(nn.Module):
     def __init__(self, config: DRNetConfig):
         super().__init__()
         self.config = config
-        self.policy = RoutingPolicy(config.threshold, config.top_k)
-        self.temperature = 1.0  # Gumbel-Softmax temperature; the trainer anneals it
-        self.execution: Execution = "sparse"
         c_stem = config.stem_multiplier * config.channels
-        self.stem = LayerStack(MatmulConv2d(config.in_channels, c_stem, 3, padding=1), nn.BatchNorm2d(c_stem))
+        self.stem = nn.Sequential(nn.Conv2d(config.in_channels, c_stem, 3, padding=1, bias=False), nn.BatchNorm2d(c_stem))
         c_pp, c_p, c = c_stem, c_stem, config.channels
         cells, reduction_prev = [], False
         for i in range(config.num_cells):
@@ -100,51 +96,46 @@ class DRNet(nn.Module):
             cells.append(cell)
             c_pp, c_p, reduction_prev = c_p, cell.out_channels, reduction
         self.cells = nn.ModuleList(cells)
-        routers = [cell.router for cell in cells]
-        shared = config.router_input == "stem" and all(isinstance(r, Router) for r in routers)
-        self.shared_routers = SharedInputRouters(routers) if shared else None
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_p, config.num_classes)
         self._cost_tables: dict[tuple[int, int], CostTable] = {}
 
+    @property
+    def default_policy(self) -> RoutingPolicy:
+        """The policy the model was trained and shipped with (its config's threshold and top-k)."""
+        return RoutingPolicy(self.config.threshold, self.config.top_k)
+
     def forward_features(
-        self, x: torch.Tensor, forced_route: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        policy: RoutingPolicy | None = None,
+        forced_route: torch.Tensor | None = None,
+        execution: Execution = "sparse",
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Features [B, C, H, W], gates [B, L, E, K], ran [B, L, E, K]."""
-        _check_input(x, self.config.in_channels, self.min_input_size)
-        if forced_route is not None:
-            self._check_route(forced_route, x.shape[0])
-        # Every reader of a cell's input (the preprocessing of the next two cells) begins with a
-        # ReLU, so each state is rectified once here rather than once per reader; only the last
-        # cell's output, read by the classifier, stays as it is.
-        stem, context = self.stem(x), None
-        reads_stem = self.config.router_input == "stem"
-        if reads_stem and not self.config.router_relu:
-            context = pool_maps((stem,), self.config.router_grid)  # before the ReLU below, which may run in place
-        s0 = s1 = relu_output(stem, self.stem, self.stem[-1])  # unfolded, the BN returned the stem's map
-        if reads_stem and self.config.router_relu:
-            context = pool_maps((s1,), self.config.router_grid)
-        routes = self._route_every_cell(context)
+        self.check_input(x, forced_route)
+        policy = policy or self.default_policy
+        s0 = s1 = self.stem(x)
+        context = self.router_context(s1)
         gates, ran = [], []
         for i, cell in enumerate(self.cells):
             forced = forced_route[:, i] if forced_route is not None else None
-            out, w, r = cell(
-                s0, s1, self.policy, self.temperature, forced, self.execution, context, inputs_rectified=True,
-                routed=(routes[0][i], routes[1][i]) if routes is not None else None,
-            )  # fmt: skip
-            s0, s1 = s1, (relu_output(out, cell) if i < len(self.cells) - 1 else out)
+            out, w, r = cell(s0, s1, policy, forced, execution, context)
+            s0, s1 = s1, out
             gates.append(w)
             ran.append(r)
         return s1, torch.stack(gates, dim=1), torch.stack(ran, dim=1)
 
-    def _route_every_cell(self, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Gate weights and run masks [L, B, E, K] of every cell in one pass, where all routers read the
-        pooled stem and nothing needs them run one by one (training samples Gumbel noise cell by cell)."""
-        shared = self.shared_routers
-        if shared is None or context is None or self.training or not shared.usable():
+    def router_context(self, stem: torch.Tensor) -> torch.Tensor | None:
+        """What stem-reading routers read, pooled once for every cell; None where each reads its cell."""
+        if self.config.router_input != "stem":
             return None
-        weights = recalibrate(shared(context), self.temperature, training=False)
-        return weights, select(weights, self.policy)
+        return pool_maps((stem,), self.config.router_grid, self.config.router_relu)
+
+    def check_input(self, x: torch.Tensor, forced_route: torch.Tensor | None) -> None:
+        _check_input(x, self.config.in_channels, self.min_input_size)
+        if forced_route is not None:
+            self._check_route(forced_route, x.shape[0])
 
     def _check_route(self, route: torch.Tensor, batch: int) -> None:
         shape = (len(self.cells), len(self.cells[0].edges), len(self.config.branches))
@@ -162,17 +153,29 @@ class DRNet(nn.Module):
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.global_pool(features).flatten(1))
 
-    def forward(self, x: torch.Tensor, forced_route: torch.Tensor | None = None) -> tuple[torch.Tensor, RoutingTrace]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        policy: RoutingPolicy | None = None,
+        forced_route: torch.Tensor | None = None,
+        execution: Execution = "sparse",
+    ) -> tuple[torch.Tensor, RoutingTrace]:
         """Logits [B, classes] and the routing trace.
 
+        ``policy``: threshold / top-k / temperature (default: ``default_policy``).
         ``forced_route`` ([B or 1, L, E, K] bool) runs exactly that route instead of the
-        router's choice; the gate weights still come from the router.
+        router's choice; the gate weights still come from the router. ``execution="masked"``
+        runs every branch on every sample times weight x mask: the slow reference.
         """
-        features, gates, ran = self.forward_features(x, forced_route)
+        features, gates, ran = self.forward_features(x, policy, forced_route, execution)
         logits = self.forward_head(features)
-        table = self.cost_table(x.shape[-2], x.shape[-1])
+        return logits, self.trace(logits, gates, ran, x.shape[-2], x.shape[-1])
+
+    def trace(self, logits: torch.Tensor, gates: torch.Tensor, ran: torch.Tensor, h: int, w: int) -> RoutingTrace:
+        """The routing trace of a pass over h x w inputs that took the route ``ran``."""
+        table = self.cost_table(h, w)
         cell_flops, cell_params, flops, params = table.route_cost(ran)
-        return logits, RoutingTrace(
+        return RoutingTrace(
             logits=logits,
             gates=gates,
             ran=ran,
@@ -273,7 +276,7 @@ class InvertedResidual(nn.Module):
         layers = _conv_bn_relu(c_in, hidden, 1) if expansion != 1 else []
         layers += _conv_bn_relu(hidden, hidden, 3, stride, groups=hidden)
         layers += [nn.Conv2d(hidden, c_out, 1, bias=False), nn.BatchNorm2d(c_out)]
-        self.conv = LayerStack(*layers)
+        self.conv = nn.Sequential(*layers)
         self.use_residual = stride == 1 and c_in == c_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -289,32 +292,42 @@ class MobileNetV2(nn.Module):
         super().__init__()
         self.config = config
         c_in = _make_divisible(config.stem_channels * config.width_mult)
-        layers: list[nn.Module] = [LayerStack(*_conv_bn_relu(config.in_channels, c_in, 3, 1))]
+        layers: list[nn.Module] = [nn.Sequential(*_conv_bn_relu(config.in_channels, c_in, 3, 1))]
         for t, c, n, s in config.blocks:
             c_out = _make_divisible(c * config.width_mult)
             for i in range(n):
                 layers.append(InvertedResidual(c_in, c_out, s if i == 0 else 1, t))
                 c_in = c_out
         c_last = _make_divisible(config.last_channels * max(1.0, config.width_mult))
-        layers.append(LayerStack(*_conv_bn_relu(c_in, c_last, 1)))
+        layers.append(nn.Sequential(*_conv_bn_relu(c_in, c_last, 1)))
         self.features = nn.Sequential(*layers)
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_last, config.num_classes)
         self._cost_tables: dict[tuple[int, int], CostTable] = {}
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def check_input(self, x: torch.Tensor) -> None:
         _check_input(x, self.config.in_channels, self.min_input_size)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
         return self.features(x)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.global_pool(features).flatten(1))
 
-    def forward(self, x: torch.Tensor, forced_route: torch.Tensor | None = None) -> tuple[torch.Tensor, RoutingTrace]:
+    def forward(
+        self, x: torch.Tensor, policy: RoutingPolicy | None = None, forced_route: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, RoutingTrace]:
+        """Logits and a trace with no cells; ``policy`` and ``forced_route`` are accepted for a
+        uniform call and ignored (there is nothing to route)."""
         logits = self.forward_head(self.forward_features(x))
-        table = self.cost_table(x.shape[-2], x.shape[-1])
-        b = x.shape[0]
+        return logits, self.trace(logits, x.shape[-2], x.shape[-1])
+
+    def trace(self, logits: torch.Tensor, h: int, w: int) -> RoutingTrace:
+        table = self.cost_table(h, w)
+        b = logits.shape[0]
         empty = torch.zeros(b, 0, 0, 0)
-        return logits, RoutingTrace(
+        return RoutingTrace(
             logits=logits,
             gates=empty,
             ran=empty.bool(),
@@ -383,6 +396,12 @@ def create_model(name: str, **config: Any) -> nn.Module:
         return _REGISTRY[name](**config)
     except TypeError as err:
         raise ValueError(f"invalid config for model {name!r}: {err}") from None
+
+
+def is_routed(model: nn.Module) -> bool:
+    """A DRNet with instance-aware routers (not the dense supernet, not MobileNetV2)."""
+    config = getattr(model, "config", None)
+    return isinstance(config, DRNetConfig) and config.dynamic
 
 
 def model_config(model: nn.Module) -> dict[str, Any]:

@@ -17,6 +17,8 @@ import torch
 
 from .argtypes import positive_int, unit_float
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from .inference import for_inference
+from .model import DRNet
 from .router import RoutingPolicy
 from .upload import UploadError, check_size, prepare_upload
 
@@ -50,8 +52,17 @@ def read_upload(path: Path, max_bytes: int = MAX_BYTES) -> bytes:
         return fh.read(max_bytes + 1)
 
 
-def predict_file(checkpoint: Checkpoint, path: Path, top_k: int = 3) -> dict[str, Any]:
-    """One JSON-ready result: the prediction and its cost, or ``{file, error}``."""
+def predict_file(
+    checkpoint: Checkpoint,
+    path: Path,
+    top_k: int = 3,
+    policy: RoutingPolicy | None = None,
+    model: torch.nn.Module | None = None,
+) -> dict[str, Any]:
+    """One JSON-ready result: the prediction and its cost under ``policy``, or ``{file, error}``.
+
+    ``model``: what runs the image (default: the checkpoint's plain model; the CLI passes its
+    ``for_inference`` twin, built once for every file)."""
     input_size, mean, std = preprocessing(checkpoint)
     try:
         prepared = prepare_upload(read_upload(path), input_size, mean, std)
@@ -60,7 +71,7 @@ def predict_file(checkpoint: Checkpoint, path: Path, top_k: int = 3) -> dict[str
     except OSError as err:  # missing file, a directory, no permission
         return {"file": str(path), "error": f"cannot read the file: {err.strerror or err}"}
     with torch.inference_mode():
-        _, trace = checkpoint.model(prepared.tensor)
+        _, trace = (model or checkpoint.model)(prepared.tensor, policy)
     probs = trace.probs[0]
     top = probs.topk(min(top_k, len(probs)))
     names = checkpoint.class_names
@@ -79,11 +90,13 @@ def predict_file(checkpoint: Checkpoint, path: Path, top_k: int = 3) -> dict[str
 
 def cmd_predict(args: argparse.Namespace) -> int:
     checkpoint = load_checkpoint(args.checkpoint)
+    policy = None
     if args.threshold is not None:
-        if not hasattr(checkpoint.model, "policy"):
+        if not isinstance(checkpoint.model, DRNet):
             raise ValueError(f"--threshold applies to routed models; this checkpoint is a static {checkpoint.name}")
-        checkpoint.model.policy = RoutingPolicy(args.threshold, checkpoint.model.policy.top_k)
-    results = [predict_file(checkpoint, Path(p), args.top_k) for p in args.images]
+        policy = RoutingPolicy(args.threshold, checkpoint.model.default_policy.top_k)
+    fast = for_inference(checkpoint.model)
+    results = [predict_file(checkpoint, Path(p), args.top_k, policy, fast) for p in args.images]
     if args.json:
         print(json.dumps(results, indent=2))
     else:

@@ -14,25 +14,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fold import derived_tensors
-
 
 @dataclass(frozen=True)
 class RoutingPolicy:
     """How gate weights become run/skip decisions at inference.
 
+    A frozen value passed to ``forward``, never state on a shared model, so one set of weights
+    serves every session and every sweep point at once.
+
     threshold: keep a branch if its weight >= threshold (0 keeps every branch).
     top_k: if set, additionally keep at most the k heaviest branches of each edge.
+    temperature: Gumbel-Softmax temperature in training (the trainer anneals it); unused at inference.
     """
 
     threshold: float = 0.1
     top_k: int | None = None
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must lie in [0, 1], got {self.threshold}")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
 
 def recalibrate(logits: torch.Tensor, temperature: float, training: bool) -> torch.Tensor:
@@ -88,49 +93,6 @@ class Router(nn.Module):
 
     def flops(self) -> int:
         return 2 * (self.fc1.in_features * self.fc1.out_features + self.fc2.in_features * self.fc2.out_features)
-
-
-class SharedInputRouters(nn.Module):
-    """Every cell's router at once, where they all read the same pooled stem: one matrix product per
-    layer for all cells instead of two small ones per cell (a few percent of a DRNet forward on a CPU,
-    docs/BENCHMARKS.md "Sixth round"). Same logits as the routers one by one.
-
-    It owns no parameters: it reads the cells' routers, whose parameters and state-dict keys stay where
-    they are. Their weights are stacked on first use and re-stacked when any of them changes.
-    """
-
-    def __init__(self, routers: list[Router]):
-        super().__init__()
-        self._routers = tuple(routers)  # a tuple is not registered: no second copy of their parameters
-
-    def usable(self) -> bool:
-        """Inference without autograd, and no hook on a router or its layers (they would not run)."""
-        return not torch.is_grad_enabled() and not any(
-            m._forward_pre_hooks or m._forward_hooks for r in self._routers for m in (r, r.fc1, r.fc2)
-        )
-
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Logits [L, B, E, K] of the L routers from the maps they read, pooled once by ``pool_maps``."""
-        w1, b1, w2, b2 = self._stacked()
-        first = self._routers[0]
-        num_routers, hidden = len(self._routers), first.fc1.out_features
-        h = torch.addmm(b1, pooled, w1.t()).relu_()  # [B, L * hidden]
-        logits = torch.baddbmm(b2, h.view(-1, num_routers, hidden).transpose(0, 1), w2)  # [L, B, E * K]
-        return logits.view(num_routers, -1, first.num_edges, first.num_branches)
-
-    def _stacked(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        layers = [(r.fc1, r.fc2) for r in self._routers]
-        sources = [t for fc1, fc2 in layers for t in (fc1.weight, fc1.bias, fc2.weight, fc2.bias)]
-
-        def stack() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-            return (
-                torch.cat([fc1.weight for fc1, _ in layers]),  # [L * hidden, in]
-                torch.cat([fc1.bias for fc1, _ in layers]),
-                torch.stack([fc2.weight.t() for _, fc2 in layers]),  # [L, hidden, E * K]
-                torch.stack([fc2.bias for _, fc2 in layers]).unsqueeze(1),  # [L, 1, E * K]
-            )
-
-        return derived_tensors(self, "_stacked_weights", sources, stack)
 
 
 class StaticRouter(nn.Module):

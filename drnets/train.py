@@ -24,7 +24,7 @@ import math
 import os
 import pickle
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -367,6 +367,7 @@ def fit(
     amp_dtype = torch.bfloat16 if ctx.device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
     use_amp = ctx.device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    routed = isinstance(model, DRNet)
     for epoch in range(start_epoch, cfg.epochs):
         gen = seed_epoch(cfg, epoch, ctx.rank)
         order = epoch_order(len(data), cfg.seed, epoch, ctx.rank, ctx.world_size)
@@ -380,10 +381,10 @@ def fit(
             x, y = x.to(ctx.device), y.to(ctx.device)
             if nhwc:
                 x = x.contiguous(memory_format=torch.channels_last)
-            if isinstance(model, DRNet):
-                model.temperature = temperature_at(epoch * per_epoch + i, total_steps, cfg.tau_start, cfg.tau_end)
+            temperature = temperature_at(epoch * per_epoch + i, total_steps, cfg.tau_start, cfg.tau_end)
+            policy = replace(model.default_policy, temperature=temperature) if routed else None
             with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=use_amp):
-                logits, trace = net(x)
+                logits, trace = net(x, policy)
                 loss, ce = training_loss(net, logits, trace, y, cfg, h, w)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -413,7 +414,7 @@ def fit(
             "train_flops_mean": flops_sum / seen,
             "seconds": time.perf_counter() - started,
             "lr": scheduler.get_last_lr()[0],
-            "temperature": getattr(model, "temperature", None),
+            "temperature": temperature if routed else None,
             "weights_sha256": weights_digest(model),
         }
         history.append(row)

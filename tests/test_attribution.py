@@ -11,33 +11,34 @@ from drnets.router import RoutingPolicy
 @pytest.fixture(scope="module")
 def drnet():
     torch.manual_seed(0)
-    model = create_model("drnet", channels=4, num_cells=3, num_nodes=2).eval()
-    model.policy = RoutingPolicy(threshold=0.15)  # a mixed route: some branches skipped
-    return model
+    return create_model("drnet", channels=4, num_cells=3, num_nodes=2).eval()
+
+
+MIXED = RoutingPolicy(threshold=0.15)  # a mixed route: some branches skipped
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_gives_a_normalised_map(drnet, method):
     x = torch.randn(1, 1, 28, 28)
-    result = attribute(drnet, x, method, ig_steps=8)
+    result = attribute(drnet, x, method, policy=MIXED, ig_steps=8)
     assert result.heatmap.shape == (28, 28)
     assert 0.0 <= result.heatmap.min() and result.heatmap.max() <= 1.0
     assert result.heatmap.max() == pytest.approx(1.0)
     assert result.note == METHOD_NOTES[method]
-    assert result.target == int(drnet(x)[0].argmax())
+    assert result.target == int(drnet(x, MIXED)[0].argmax())
 
 
 def test_integrated_gradients_is_complete_on_the_frozen_route(drnet):
     """IG's attributions sum to f(x) - f(baseline) when the route is held fixed."""
     x = torch.randn(1, 1, 28, 28)
-    result = attribute(drnet, x, "integrated_gradients", ig_steps=64, baseline=-0.8)
+    result = attribute(drnet, x, "integrated_gradients", policy=MIXED, ig_steps=64, baseline=-0.8)
     assert result.delta is not None and result.delta < 1e-2
 
 
 def test_shared_model_is_left_untouched(drnet):
     before = {k: v.clone() for k, v in drnet.state_dict().items()}
     for method in METHODS:
-        attribute(drnet, torch.randn(1, 1, 28, 28), method, ig_steps=4)
+        attribute(drnet, torch.randn(1, 1, 28, 28), method, policy=MIXED, ig_steps=4)
     assert all(torch.equal(before[k], v) for k, v in drnet.state_dict().items())
     assert not any(m._forward_hooks or m._backward_hooks or m._forward_pre_hooks for m in drnet.modules())
     assert not drnet.training

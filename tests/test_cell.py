@@ -15,10 +15,9 @@ from drnets.router import RoutingPolicy
 POLICIES = [RoutingPolicy(0.15), RoutingPolicy(0.3), RoutingPolicy(0.05, top_k=2)]
 
 
-def run(model, x, execution="sparse", **kwargs):
-    model.execution = execution
+def run(model, x, execution="sparse", policy=None, **kwargs):
     with torch.no_grad():
-        return model(x, **kwargs)
+        return model(x, policy, execution=execution, **kwargs)
 
 
 def assert_mixed(ran: torch.Tensor) -> None:
@@ -30,33 +29,30 @@ def assert_mixed(ran: torch.Tensor) -> None:
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
 def test_sparse_execution_equals_masked_reference(tiny_model, mixed_batch, policy, shape) -> None:
     model = tiny_model(in_channels=shape[0])
-    model.policy = policy
     x = mixed_batch(shape)
-    logits, trace = run(model, x, "sparse")
-    ref_logits, ref_trace = run(model, x, "masked")
+    logits, trace = run(model, x, "sparse", policy)
+    ref_logits, ref_trace = run(model, x, "masked", policy)
     assert_mixed(trace.ran)
     assert torch.equal(trace.ran, ref_trace.ran)
     torch.testing.assert_close(trace.gates, ref_trace.gates, atol=1e-5, rtol=0)
     torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=0)
-    model.execution = "sparse"
-    features = model.forward_features(x)[0]
-    model.execution = "masked"
-    torch.testing.assert_close(features, model.forward_features(x)[0], atol=1e-5, rtol=0)
+    with torch.no_grad():
+        features = model.forward_features(x, policy)[0]
+        masked = model.forward_features(x, policy, execution="masked")[0]
+    torch.testing.assert_close(features, masked, atol=1e-5, rtol=0)
 
 
 @contextmanager
-def branch_inputs(model) -> Iterator[dict[tuple[int, int, int], list[tuple[torch.Tensor, bool]]]]:
-    """Record the input of every call of every branch and whether it came rectified, keyed by (cell, edge, branch)."""
-    calls: dict[tuple[int, int, int], list[tuple[torch.Tensor, bool]]] = {}
+def branch_inputs(model) -> Iterator[dict[tuple[int, int, int], list[torch.Tensor]]]:
+    """Record the input of every call of every branch, keyed by (cell, edge, branch)."""
+    calls: dict[tuple[int, int, int], list[torch.Tensor]] = {}
     handles = []
     for l, cell in enumerate(model.cells):
         for e, edge in enumerate(cell.branches):
             for k, branch in enumerate(edge):
                 calls[(l, e, k)] = []
-                hook = lambda module, args, kwargs, key=(l, e, k): calls[key].append(
-                    (args[0].detach().clone(), kwargs.get("rectified", False))
-                )
-                handles.append(branch.register_forward_pre_hook(hook, with_kwargs=True))
+                hook = lambda module, args, key=(l, e, k): calls[key].append(args[0].detach().clone())
+                handles.append(branch.register_forward_pre_hook(hook))
     try:
         yield calls
     finally:
@@ -66,9 +62,8 @@ def branch_inputs(model) -> Iterator[dict[tuple[int, int, int], list[tuple[torch
 
 def test_skipped_branch_is_never_called_at_batch_one(tiny_model, mixed_batch) -> None:
     model = tiny_model()
-    model.policy = RoutingPolicy(0.15)
     with branch_inputs(model) as calls:
-        _, trace = run(model, mixed_batch()[:1])
+        _, trace = run(model, mixed_batch()[:1], policy=RoutingPolicy(0.15))
     ran = trace.ran[0]
     assert ran.any() and not ran.all()
     for (l, e, k), inputs in calls.items():
@@ -76,13 +71,12 @@ def test_skipped_branch_is_never_called_at_batch_one(tiny_model, mixed_batch) ->
 
 
 def test_each_branch_runs_once_on_exactly_the_samples_that_selected_it(tiny_model, mixed_batch) -> None:
-    model = tiny_model()
-    model.policy = RoutingPolicy(0.15)
+    model, policy = tiny_model(), RoutingPolicy(0.15)
     x = mixed_batch()
     with branch_inputs(model) as reference:  # masked: every branch sees the whole batch
-        run(model, x, "masked")
+        run(model, x, "masked", policy)
     with branch_inputs(model) as calls:
-        _, trace = run(model, x, "sparse")
+        _, trace = run(model, x, "sparse", policy)
     assert_mixed(trace.ran)
     users = trace.ran.sum(0)  # [L, E, K] samples that selected each branch
     assert (users == 0).any() and ((users > 0) & (users < len(x))).any() and (users == len(x)).any()
@@ -92,13 +86,10 @@ def test_each_branch_runs_once_on_exactly_the_samples_that_selected_it(tiny_mode
             assert inputs == [], f"branch {key} ran although no sample selected it"
             continue
         assert len(inputs) == 1, f"branch {key} called {len(inputs)} times"
-        (rows, rectified), ((whole_batch, _),) = inputs[0], reference[key]
+        rows, (whole_batch,) = inputs[0], reference[key]
         assert rows.shape[0] == len(selected)
-        # The rows it saw are exactly the selected samples' inputs (as the reference computed them);
-        # a sub-batch reaches a ReLU-led branch already rectified (its copy, rectified in place).
-        assert rectified == (len(selected) < len(x) and model.cells[key[0]].branches[key[1]][key[2]].rectifies_input)
-        expected = whole_batch[selected]
-        torch.testing.assert_close(rows, expected.relu() if rectified else expected, atol=1e-5, rtol=0)
+        # The rows it saw are exactly the selected samples' inputs (as the reference computed them).
+        torch.testing.assert_close(rows, whole_batch[selected], atol=1e-5, rtol=0)
 
 
 def test_forced_route_is_obeyed(tiny_model, mixed_batch) -> None:
@@ -114,7 +105,7 @@ def test_forced_route_is_obeyed(tiny_model, mixed_batch) -> None:
     # The router still reports its weights; later cells see other inputs, so only cell 0's must match.
     torch.testing.assert_close(trace.gates[:, 0], natural.gates[:, 0])
     for key, inputs in calls.items():
-        assert sum(len(rows) for rows, _ in inputs) == int(route[(slice(None), *key)].sum())
+        assert sum(len(rows) for rows in inputs) == int(route[(slice(None), *key)].sum())
     ref_logits, _ = run(model, x, "masked", forced_route=route)
     torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=0)
     flops = model.cost_table(28, 28).route_cost(route)[2]
@@ -160,19 +151,3 @@ def test_bypassed_edges_contribute_nothing() -> None:
 def test_cell_edges_enumerate_every_earlier_state() -> None:
     assert cell_edges(2) == [(0, 2), (1, 2), (0, 3), (1, 3), (2, 3)]
     assert len(cell_edges(4)) == 14  # DARTS: 2 + 3 + 4 + 5
-
-
-@pytest.mark.parametrize("reduction_prev", [False, True])
-def test_rectified_inputs_give_the_same_cell_output(reduction_prev: bool) -> None:
-    """The model rectifies each state once for all its readers; the cell then skips its preprocessing ReLU."""
-    torch.manual_seed(0)
-    cell = Cell(8, 6, 4, reduction=False, reduction_prev=reduction_prev, num_nodes=2, branches=PRIMITIVES,
-                router_hidden=8).eval()  # fmt: skip
-    side = 10
-    s0 = torch.randn(3, 8, *((2 * side, 2 * side) if reduction_prev else (side, side)))
-    s1 = torch.randn(3, 6, side, side)
-    with torch.no_grad():
-        raw, gates, ran = cell(s0, s1, RoutingPolicy(0.1))
-        rectified, gates_r, ran_r = cell(s0.relu(), s1.relu(), RoutingPolicy(0.1), inputs_rectified=True)
-    assert torch.equal(ran, ran_r) and torch.allclose(gates, gates_r)
-    assert torch.allclose(raw, rectified, atol=1e-6)

@@ -15,10 +15,8 @@ from drnets.router import RoutingPolicy
 
 
 def trace_of(model, x, policy: RoutingPolicy | None = None):
-    if policy is not None:
-        model.policy = policy
     with torch.no_grad():
-        return model(x)[1]
+        return model(x, policy)[1]
 
 
 def test_threshold_zero_runs_every_branch_at_dense_cost(tiny_model, mixed_batch) -> None:
@@ -75,7 +73,7 @@ def test_cell_routing_is_monotone_cell_by_cell(tiny_model, mixed_batch, threshol
         for layer, (cell, (s0, s1)) in enumerate(zip(model.cells, inputs)):
             s0, s1 = cell.preprocess0(s0), cell.preprocess1(s1)
             logits = cell.router(s0, s1)
-            routes = [cell.route(logits, RoutingPolicy(t), model.temperature)[1] for t in thresholds]
+            routes = [cell.route(logits, RoutingPolicy(t))[1] for t in thresholds]
             costs = [(route.long() * table.branch_flops[layer]).sum(dim=(1, 2)) for route in routes]
             for low, high, low_cost, high_cost in zip(routes, routes[1:], costs, costs[1:]):
                 assert not torch.any(high & ~low), f"cell {layer}: a higher threshold switched a branch on"
@@ -132,11 +130,10 @@ CASES = [("drnet", t, i) for i, t in enumerate((0.0, 0.05, 0.15, 0.3, 1.0))] + [
 def test_accounting_matches_flop_counter(tiny_model, mixed_batch, name, threshold, index, shape) -> None:
     """Analytic per-image FLOPs vs what PyTorch counts on that single image (odd sizes included)."""
     model = tiny_model(name, in_channels=shape[0])
-    if threshold is not None:
-        model.policy = RoutingPolicy(threshold)
+    policy = RoutingPolicy(threshold) if threshold is not None else None
     x = mixed_batch(shape)[index : index + 1]
-    predicted = int(trace_of(model, x).flops[0])
-    measured = measure_flops(model, x)
+    predicted = int(trace_of(model, x, policy).flops[0])
+    measured = measure_flops(lambda images: model(images, policy), x)
     assert abs(predicted - measured) <= 0.01 * measured, f"{name} t={threshold}: {predicted} vs {measured}"
 
 
@@ -144,15 +141,11 @@ def test_skipped_branches_cost_no_compute(routed) -> None:
     """The masked reference multiplies skipped branches by zero and so pays for them; sparse execution does not."""
     model, x = routed
     single = x[:1]
-    model.policy = RoutingPolicy(0.3)
-    sparse = measure_flops(model, single)
-    model.execution = "masked"
-    try:
-        masked = measure_flops(model, single)
-    finally:
-        model.execution = "sparse"
-    assert masked == trace_of(model, single).dense_flops
-    assert sparse == int(trace_of(model, single).flops[0]) < 0.6 * masked
+    policy = RoutingPolicy(0.3)
+    sparse = measure_flops(lambda images: model(images, policy), single)
+    masked = measure_flops(lambda images: model(images, policy, execution="masked"), single)
+    assert masked == trace_of(model, single, policy).dense_flops
+    assert sparse == int(trace_of(model, single, policy).flops[0]) < 0.6 * masked
 
 
 @pytest.mark.parametrize("name", ["drnet", "dense", "mobilenetv2"])

@@ -23,6 +23,7 @@ from fakedata import TINY_DRNET, write_idx_dataset
 
 from drnets.checkpoint import load_checkpoint
 from drnets.data import load_dataset, normalization
+from drnets.router import RoutingPolicy
 from drnets.train import (
     TrainConfig,
     build_model,
@@ -58,7 +59,8 @@ def reference_ddp(cfg: TrainConfig, world: int) -> dict[str, torch.Tensor]:
             orders.append(epoch_order(len(data), cfg.seed, epoch, rank, world))
         model.train()
         for i in range(per_epoch):
-            model.temperature = temperature_at(epoch * per_epoch + i, total, cfg.tau_start, cfg.tau_end)
+            temperature = temperature_at(epoch * per_epoch + i, total, cfg.tau_start, cfg.tau_end)
+            policy = RoutingPolicy(cfg.threshold, temperature=temperature)
             grads = []
             for rank in range(world):
                 torch.set_rng_state(rng_states[rank])
@@ -67,7 +69,7 @@ def reference_ddp(cfg: TrainConfig, world: int) -> dict[str, torch.Tensor]:
                 x, y = make_batch(
                     data, orders[rank][i * cfg.batch_size : (i + 1) * cfg.batch_size], gens[rank], mean, std
                 )
-                logits, trace = model(x)
+                logits, trace = model(x, policy)
                 loss, _ = training_loss(model, logits, trace, y, cfg, *data.images.shape[1:3])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

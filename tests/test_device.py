@@ -7,7 +7,8 @@ import resource
 import pytest
 import torch
 
-from drnets.device import cudnn_enabled, cudnn_suits_training, has_glibc, keep_freed_memory
+from drnets.device import cudnn_enabled, cudnn_suits_training
+from drnets.inference import for_inference, has_glibc, keep_freed_memory
 from drnets.model import create_model
 
 
@@ -20,7 +21,7 @@ def test_a_batched_forward_stops_page_faulting_once_warm() -> None:
     if not keep_freed_memory():
         pytest.skip("the allocator setting is glibc-only")
     torch.manual_seed(0)
-    model = create_model("drnet", channels=12, num_nodes=2).eval()
+    model = for_inference(create_model("drnet", channels=12, num_nodes=2))
     x = torch.randn(64, 1, 28, 28)
     with torch.no_grad():
         for _ in range(4):  # glibc settles on the heap's layout within a few calls

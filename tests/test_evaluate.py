@@ -153,12 +153,12 @@ def test_out_writes_eval_json_and_sweep_csv(
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporary files
 
 
-def test_no_sweep_and_policy_is_restored(drnet_dir: Path, data_root: Path) -> None:
+def test_no_sweep_and_the_model_keeps_its_own_policy(drnet_dir: Path, data_root: Path) -> None:
     checkpoint = load_checkpoint(drnet_dir)
     data = load_dataset("fashion-mnist", "test", data_root).subset(8)
     result = evaluate(checkpoint, data, threshold=0.5, sweep=None)
     assert result["sweep"] == [] and result["threshold"] == 0.5
-    assert checkpoint.model.policy.threshold == 0.1  # the shared model keeps its own policy
+    assert checkpoint.model.default_policy.threshold == 0.1  # the policy is an argument, not model state
 
 
 @pytest.mark.parametrize(("name", "config"), [("mobilenetv2", {"width_mult": 0.25}), ("dense", TINY)])

@@ -13,10 +13,7 @@ from drnets.ops import (
     PRIMITIVES,
     FactorizedReduce,
     ReLUConvBN,
-    avg_pool_3x3_depthwise,
-    conv_matmul,
     create_branch,
-    max_pool_3x3_separable,
 )
 
 C = 4  # channels of the test branches
@@ -78,94 +75,6 @@ def _in_channels(module: torch.nn.Module) -> int:
 def test_unknown_branch_name_is_refused_with_the_known_list() -> None:
     with pytest.raises(ValueError, match=r"unknown branch 'conv_7x7'.*sep_conv_3x3"):
         create_branch("conv_7x7", C, 1)
-
-
-@pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("shape", [(1, 12, 28, 28), (3, 5, 7, 9), (2, 48, 1, 1), (4, 24, 14, 2), (64, 8, 7, 7)])
-def test_separable_max_pool_equals_aten_max_pool(shape: tuple[int, ...], channels_last: bool) -> None:
-    """The inference fast path of a stride-1 max pool gives exactly what nn.MaxPool2d gives, in the same layout."""
-    x = torch.randn(shape)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    pool = create_branch("max_pool_3x3", shape[1], stride=1)
-    with torch.no_grad():
-        fast = pool(x)
-    assert torch.equal(fast, torch.nn.functional.max_pool2d(x, 3, 1, 1))
-    assert torch.equal(max_pool_3x3_separable(x), fast)
-    if channels_last:
-        assert fast.is_contiguous(memory_format=torch.channels_last)
-    x.requires_grad_(True)
-    pool(x).sum().backward()  # with autograd: ATen's kernel, one gradient of 1 per output
-    assert x.grad.sum() == x.numel()
-
-
-@pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("shape", [(1, 12, 28, 28), (3, 5, 7, 9), (2, 48, 1, 1), (4, 24, 14, 2), (64, 12, 28, 28)])
-def test_depthwise_avg_pool_equals_aten_avg_pool(shape: tuple[int, ...], stride: int, channels_last: bool) -> None:
-    """The depthwise average pool (1/9s, border windows rescaled) matches nn.AvgPool2d(count_include_pad=False), borders too."""
-    x = torch.randn(shape)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    expected = torch.nn.functional.avg_pool2d(x, 3, stride, 1, count_include_pad=False)
-    assert torch.allclose(avg_pool_3x3_depthwise(x, stride), expected, atol=1e-6)
-    pool = create_branch("avg_pool_3x3", shape[1], stride=stride)
-    with torch.no_grad():  # the branch takes the depthwise route from DEPTHWISE_MIN_PIXELS output pixels
-        fast = pool(x)
-    assert torch.allclose(fast, expected, atol=1e-6)
-    if channels_last and shape[1] > 1:
-        assert fast.is_contiguous(memory_format=torch.channels_last)
-
-
-@pytest.mark.parametrize(
-    ("layout", "kernel", "stride", "padding", "dilation"),
-    [
-        ("nchw", 1, 1, 0, 1),
-        ("channels_last", 1, 1, 0, 1),
-        ("sliced", 1, 1, 0, 1),
-        ("nchw", 3, 1, 1, 1),  # the stem
-        ("channels_last", 3, 2, 1, 1),
-        ("nchw", 5, 1, 4, 2),
-    ],
-)
-@pytest.mark.parametrize("with_bias", [False, True])  # a BN folded in (drnets.fold) adds one
-def test_conv_matmul_equals_conv2d_and_its_gradients(
-    layout: str, kernel: int, stride: int, padding: int, dilation: int, with_bias: bool
-) -> None:
-    """The GPU form of MatmulConv2d (a matrix product; run here on the CPU) is conv2d, backward too,
-    and a 1x1 keeps the input's memory format."""
-    torch.manual_seed(0)
-    x = torch.randn(5, 6, 9, 7)
-    forms = {"nchw": x, "channels_last": x.contiguous(memory_format=torch.channels_last), "sliced": x[..., ::2, 1::2]}
-    x = forms[layout]
-    weight = torch.randn(4, 6, kernel, kernel)
-    geometry = {"stride": (stride, stride), "padding": (padding, padding), "dilation": (dilation, dilation)}
-    geometry["bias"] = torch.randn(4) if with_bias else None
-    results = []
-    for fn in (torch.nn.functional.conv2d, conv_matmul):
-        xi, wi = x.detach().requires_grad_(), weight.clone().requires_grad_()
-        out = fn(xi, wi, **geometry)
-        out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
-        results.append((out, xi.grad, wi.grad))
-    for expected, actual in zip(*results, strict=True):
-        assert actual.shape == expected.shape and torch.allclose(actual, expected, atol=1e-4)
-    if layout == "channels_last" and kernel == 1:
-        assert results[1][0].is_contiguous(memory_format=torch.channels_last)
-
-
-@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-@pytest.mark.parametrize("kernel", [1, 3])
-def test_conv_matmul_with_bias_keeps_the_autocast_dtype(layout: str, kernel: int) -> None:
-    """Under autocast conv2d returns half precision, bias included; so must its matrix-product form, or the
-    routed branches of one node would mix dtypes (a folded BN gives every MatmulConv2d a bias)."""
-    x = torch.randn(2, 6, 9, 7)
-    x = x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
-    weight, bias, padding = torch.randn(4, 6, kernel, kernel), torch.randn(4), (kernel // 2, kernel // 2)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        expected = torch.nn.functional.conv2d(x, weight, bias, padding=padding)
-        out = conv_matmul(x, weight, padding=padding, bias=bias)
-    assert out.dtype == expected.dtype == torch.bfloat16
-    assert torch.allclose(out.float(), expected.float(), atol=0.1, rtol=0.05)
 
 
 @pytest.mark.parametrize("size", [(8, 8), (7, 9), (28, 28), (5, 4)])

@@ -14,9 +14,8 @@ TENSORS = ("logits", "gates", "ran", "cell_flops", "cell_params", "flops", "para
 @pytest.fixture(scope="module")
 def trace(tiny_model, mixed_batch) -> RoutingTrace:
     model = tiny_model()
-    model.policy = RoutingPolicy(0.15)
     with torch.no_grad():
-        return model(mixed_batch(n=4))[1]
+        return model(mixed_batch(n=4), RoutingPolicy(0.15))[1]
 
 
 def assert_same(a: RoutingTrace, b: RoutingTrace) -> None:

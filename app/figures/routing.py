@@ -59,7 +59,7 @@ def gate_heatmap(branches: pd.DataFrame, threshold: float) -> go.Figure:
         Trace 0 is the heatmap of all gate weights (rows (cell, edge) in order, columns the
         branches); trace 1 is a white veil over the skipped branches.
     Example:
-        >>> fig = gate_heatmap(trace.select([0]).branches_frame(), model.policy.threshold)
+        >>> fig = gate_heatmap(trace.select([0]).branches_frame(), policy.threshold)
     """
     title = "Which branches ran on each edge"
     if branches.empty:
