@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8501
 
-.PHONY: run test venv test-deps system-deps bench
+.PHONY: run test test-fast lint venv test-deps system-deps bench
 
 $(VENV)/.runtime: requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,8 +28,16 @@ system-deps:
 run: $(VENV)/.runtime
 	$(PY) -m app.launch --server.port $(PORT)
 
-test: $(VENV)/.test system-deps
+lint: $(VENV)/.test
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: lint system-deps
 	$(PY) -m pytest
+
+# The quick lane for your own loop: lint, then every test but the slow and the browser ones.
+test-fast: lint
+	$(PY) -m pytest -m "not slow and not e2e"
 
 bench: $(VENV)/.runtime
 	$(PY) -m bench

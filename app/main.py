@@ -12,9 +12,9 @@ _repository = str(Path(__file__).resolve().parent.parent)
 if _repository not in sys.path:
     sys.path.insert(0, _repository)
 
-import streamlit as st
+import streamlit as st  # noqa: E402 (after the sys.path line above)
 
-from app import sidebar, state
+from app import sidebar, state  # noqa: E402
 
 st.set_page_config(page_title="DRNet explorer", page_icon=":material/alt_route:", layout="wide")
 state.init()

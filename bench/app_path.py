@@ -79,7 +79,10 @@ def run(settings: Settings, loaded: Loaded | None = None, attribution_repeats: i
         return x, trace
 
     x, trace = predict()
-    tables = lambda: (trace.samples_frame(loaded.class_names, ["upload"]), trace.branches_frame(["upload"]))
+
+    def tables() -> tuple:
+        return trace.samples_frame(loaded.class_names, ["upload"]), trace.branches_frame(["upload"])
+
     seconds = compare({"app_path": predict, "tables": tables}, settings)
     result.update(app_path_ms=1e3 * seconds["app_path"], tables_ms=1e3 * seconds["tables"])
     plain = place(loaded.model, settings)

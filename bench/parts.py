@@ -72,14 +72,14 @@ def timed_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
     yield "stem", model.stem, "forward"
     if stacked is not None:  # every cell's router in one call
         yield "router MLPs", stacked, "forward"
-    for cell, plain_cell in zip(model.cells, plain.cells):
+    for cell, plain_cell in zip(model.cells, plain.cells, strict=True):
         for pre in (cell.preprocess0, cell.preprocess1):
             yield "preprocessing", pre, "rectified" if fast else "forward"
         if stacked is None and isinstance(plain_cell.router, Router):
             yield from (("router MLPs", m, "forward") for m in (plain_cell.router.fc1, plain_cell.router.fc2))
-        for (src, _), candidates in zip(plain_cell.edges, cell.branches):
+        for (src, _), candidates in zip(plain_cell.edges, cell.branches, strict=True):
             suffix = "/s2" if plain_cell.edge_stride(src) == 2 else ""
-            for name, branch in zip(plain_cell.branch_names, candidates):
+            for name, branch in zip(plain_cell.branch_names, candidates, strict=True):
                 yield name + suffix, branch, "forward"
     yield from (("head", m, "forward") for m in (plain.global_pool, plain.classifier))
 

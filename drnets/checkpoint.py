@@ -121,7 +121,7 @@ def _read_header(path: Path, meta: dict[str, Any]) -> dict[str, tuple[int, ...]]
     try:
         with safe_open(str(path), framework="pt") as fh:
             embedded = (fh.metadata() or {}).get("drnets_architecture")
-            shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+            shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118 (a safetensors handle, not a dict)
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}") from None
     if embedded is not None and embedded != _architecture(meta):
@@ -189,8 +189,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return Checkpoint(model, meta["model"], list(class_names), meta.get("training", {}), path)
 
 
-# Config fields added after format version 1 first shipped, with the value that checkpoints
-# written before them were trained with (their config.json lacks the field).
+# Config fields that format-version-1 checkpoints may lack, with the value such a checkpoint
+# was trained with (its config.json lacks the field).
 LEGACY_DEFAULTS = {"drnet": {"router_input": "cell"}, "dense": {"router_input": "cell"}}
 
 

@@ -83,7 +83,9 @@ class DRNet(nn.Module):
         super().__init__()
         self.config = config
         c_stem = config.stem_multiplier * config.channels
-        self.stem = nn.Sequential(nn.Conv2d(config.in_channels, c_stem, 3, padding=1, bias=False), nn.BatchNorm2d(c_stem))
+        self.stem = nn.Sequential(
+            nn.Conv2d(config.in_channels, c_stem, 3, padding=1, bias=False), nn.BatchNorm2d(c_stem)
+        )
         c_pp, c_p, c = c_stem, c_stem, config.channels
         cells, reduction_prev = [], False
         for i in range(config.num_cells):

@@ -83,7 +83,9 @@ def predict_file(
         "params": int(trace.params[0]),
         "dense_flops": int(trace.dense_flops),
         "dense_params": int(trace.dense_params),
-        "topk": [{"class": names[int(i)], "probability": float(p)} for p, i in zip(top.values, top.indices)],
+        "topk": [
+            {"class": names[int(i)], "probability": float(p)} for p, i in zip(top.values, top.indices, strict=True)
+        ],
         "notes": prepared.notes,
     }
 

@@ -276,7 +276,7 @@ def average_buffers(model: nn.Module, world_size: int) -> None:
         flat = torch.cat([b.detach().reshape(-1) for b in buffers])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat = flat / world_size if dtype.is_floating_point else flat // world_size
-        for buffer, part in zip(buffers, flat.split([b.numel() for b in buffers])):
+        for buffer, part in zip(buffers, flat.split([b.numel() for b in buffers]), strict=True):
             buffer.copy_(part.view_as(buffer))
 
 
@@ -307,7 +307,7 @@ def _load_state(path: Path, cfg: TrainConfig) -> dict[str, Any]:
     except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:  # truncated or foreign
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ValueError(f"--resume: {path} is not a readable drnets training state: {reason}") from None
-    if not isinstance(state, dict) or not STATE_KEYS <= set(state):
+    if not isinstance(state, dict) or not set(state) >= STATE_KEYS:
         raise ValueError(f"--resume: {path} is not a readable drnets training state: expected {sorted(STATE_KEYS)}")
     saved = json.loads(state.get("recipe", "{}"))
     changed = [k for k, v in asdict(cfg).items() if k in saved and saved[k] != v and k not in RESUMABLE_CHANGES]

@@ -22,7 +22,7 @@ def test_every_method_gives_a_normalised_map(drnet, method):
     x = torch.randn(1, 1, 28, 28)
     result = attribute(drnet, x, method, policy=MIXED, ig_steps=8)
     assert result.heatmap.shape == (28, 28)
-    assert 0.0 <= result.heatmap.min() and result.heatmap.max() <= 1.0
+    assert result.heatmap.min() >= 0.0 and result.heatmap.max() <= 1.0
     assert result.heatmap.max() == pytest.approx(1.0)
     assert result.note == METHOD_NOTES[method]
     assert result.target == int(drnet(x, MIXED)[0].argmax())

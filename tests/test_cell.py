@@ -47,12 +47,15 @@ def branch_inputs(model) -> Iterator[dict[tuple[int, int, int], list[torch.Tenso
     """Record the input of every call of every branch, keyed by (cell, edge, branch)."""
     calls: dict[tuple[int, int, int], list[torch.Tensor]] = {}
     handles = []
-    for l, cell in enumerate(model.cells):
+    for layer, cell in enumerate(model.cells):
         for e, edge in enumerate(cell.branches):
             for k, branch in enumerate(edge):
-                calls[(l, e, k)] = []
-                hook = lambda module, args, key=(l, e, k): calls[key].append(args[0].detach().clone())
-                handles.append(branch.register_forward_pre_hook(hook))
+                calls[(layer, e, k)] = []
+
+                def record(module, args, key=(layer, e, k)) -> None:
+                    calls[key].append(args[0].detach().clone())
+
+                handles.append(branch.register_forward_pre_hook(record))
     try:
         yield calls
     finally:
@@ -66,8 +69,10 @@ def test_skipped_branch_is_never_called_at_batch_one(tiny_model, mixed_batch) ->
         _, trace = run(model, mixed_batch()[:1], policy=RoutingPolicy(0.15))
     ran = trace.ran[0]
     assert ran.any() and not ran.all()
-    for (l, e, k), inputs in calls.items():
-        assert len(inputs) == int(ran[l, e, k]), f"cell {l} edge {e} {PRIMITIVES[k]}: called {len(inputs)} times"
+    for (layer, e, k), inputs in calls.items():
+        assert len(inputs) == int(ran[layer, e, k]), (
+            f"cell {layer} edge {e} {PRIMITIVES[k]}: called {len(inputs)} times"
+        )
 
 
 def test_each_branch_runs_once_on_exactly_the_samples_that_selected_it(tiny_model, mixed_batch) -> None:

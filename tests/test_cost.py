@@ -70,12 +70,12 @@ def test_cell_routing_is_monotone_cell_by_cell(tiny_model, mixed_batch, threshol
     table = model.cost_table(28, 28)
     inputs = cell_inputs(model, x)
     with torch.no_grad():
-        for layer, (cell, (s0, s1)) in enumerate(zip(model.cells, inputs)):
+        for layer, (cell, (s0, s1)) in enumerate(zip(model.cells, inputs, strict=True)):
             s0, s1 = cell.preprocess0(s0), cell.preprocess1(s1)
             logits = cell.router(s0, s1)
             routes = [cell.route(logits, RoutingPolicy(t))[1] for t in thresholds]
             costs = [(route.long() * table.branch_flops[layer]).sum(dim=(1, 2)) for route in routes]
-            for low, high, low_cost, high_cost in zip(routes, routes[1:], costs, costs[1:]):
+            for low, high, low_cost, high_cost in zip(routes, routes[1:], costs, costs[1:], strict=False):
                 assert not torch.any(high & ~low), f"cell {layer}: a higher threshold switched a branch on"
                 assert torch.all(high_cost <= low_cost)
     first_cell = [trace_of(model, x, RoutingPolicy(t)).ran[:, 0] for t in thresholds]

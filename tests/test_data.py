@@ -203,7 +203,7 @@ def test_augment_is_a_shifted_or_flipped_crop() -> None:
     images = torch.from_numpy(class_images(np.arange(16) % 10, channels=3, size=12))
     out = augment(images, torch.Generator().manual_seed(0), pad=2, flip=True)
     padded = torch.nn.functional.pad(images.permute(0, 3, 1, 2), (2, 2, 2, 2)).permute(0, 2, 3, 1)
-    for image, result in zip(padded, out):
+    for image, result in zip(padded, out, strict=True):
         crops = [image[dy : dy + 12, dx : dx + 12] for dy in range(5) for dx in range(5)]
         assert any(torch.equal(result, c) or torch.equal(result, c.flip(1)) for c in crops)
 

@@ -130,7 +130,9 @@ def test_gpu_convolution_form_answers_alike_under_autocast(tiny_model, mixed_bat
 
 def test_only_the_fast_path_touches_torch_internals_or_the_allocator() -> None:
     """Private torch attributes and process allocator settings live in drnets/inference.py alone."""
-    private = re.compile(r"\._(conv_forward|forward_hooks|forward_pre_hooks|global_forward|version|parameters\[|buffers\[)|mallopt")
+    private = re.compile(
+        r"\._(conv_forward|forward_hooks|forward_pre_hooks|global_forward|version|parameters\[|buffers\[)|mallopt"
+    )
     touching = sorted(p.name for p in (ROOT / "drnets").glob("*.py") if private.search(p.read_text()))
     assert touching == ["inference.py"]
 

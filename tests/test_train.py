@@ -130,11 +130,6 @@ def test_training_runs_on_two_threads(data_root: Path, tmp_path: Path) -> None:
     assert metrics["epoch"] == 1 and load_checkpoint(tmp_path / "model").training["epochs_done"] == 1
 
 
-def test_cudnn_is_chosen_per_model_unless_forced(data_root: Path, tmp_path: Path) -> None:
-    assert main([*_command(data_root, tmp_path, "--epochs", "1")[3:]]) == 0
-    assert json.loads((tmp_path / "args.json").read_text())["cudnn"] is None  # drnets.device.cudnn_suits_training
-
-
 def test_execution_settings_are_recorded_and_the_process_setting_restored(data_root: Path, tmp_path: Path) -> None:
     assert main([*_command(data_root, tmp_path, "--no-cudnn", "--layout", "nchw", "--epochs", "1")[3:]]) == 0
     recorded = json.loads((tmp_path / "args.json").read_text())
