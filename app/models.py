@@ -29,9 +29,46 @@ MODEL_NAMES = tuple(LABELS)  # the folders looked for, DRNet first: it sets the 
 MEMORY_FORMAT = torch.channels_last
 
 
+SHIPPED_MODELS = ASSETS / "models"
+SHIPPED_LABEL = "shipped models"
+
+
+def configured_folders() -> list[Path]:
+    """The folders DRNETS_MODELS_DIR names, separated by ``os.pathsep``; empty entries are skipped."""
+    raw = os.environ.get("DRNETS_MODELS_DIR") or ""
+    return [Path(entry).expanduser() for entry in raw.split(os.pathsep) if entry.strip()]
+
+
+def model_folders() -> dict[str, Path]:
+    """The model folders the app offers, by the label the browser sees: the shipped models first,
+    then every folder of DRNETS_MODELS_DIR. Only the server's configuration adds to this list."""
+    folders = {SHIPPED_LABEL: SHIPPED_MODELS}
+    seen = {SHIPPED_MODELS.resolve()}
+    for folder in configured_folders():
+        if folder.resolve() in seen:
+            continue
+        seen.add(folder.resolve())
+        base = folder.name or "folder"
+        label, n = base, 2
+        while label in folders:
+            label, n = f"{base} ({n})", n + 1
+        folders[label] = folder
+    return folders
+
+
+def default_folder_label(folders: dict[str, Path]) -> str:
+    """The first folder of DRNETS_MODELS_DIR (your own runs, tests), else the shipped models."""
+    configured = configured_folders()
+    if configured:
+        first = configured[0].resolve()
+        return next(label for label, folder in folders.items() if folder.resolve() == first)
+    return SHIPPED_LABEL
+
+
 def default_models_dir() -> str:
-    """The shipped models, unless DRNETS_MODELS_DIR points elsewhere (tests, your own runs)."""
-    return os.environ.get("DRNETS_MODELS_DIR") or str(ASSETS / "models")
+    """The folder the app shows first: the first of DRNETS_MODELS_DIR, else the shipped models."""
+    folders = model_folders()
+    return str(folders[default_folder_label(folders)])
 
 
 @dataclass(frozen=True)

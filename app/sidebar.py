@@ -6,15 +6,18 @@ survives switching pages.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from app import state
-from app.models import ModelSet, default_models_dir, load_models
+from app.models import ModelSet, default_folder_label, load_models, model_folders
 from app.samples import list_samples, sample_title
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"]
 MAX_THRESHOLD = 0.5  # above this almost every edge would be skipped
 TOP_K_CHOICES = [None, 1, 2, 3]
+MODELS_FOLDER = "models_folder"  # widget key: the label of one of app.models.model_folders()
 
 
 def render() -> None:
@@ -90,17 +93,36 @@ def routing_ui(models: ModelSet) -> None:
 
 
 def models_ui() -> ModelSet:
+    folders = model_folders()
+    default = default_folder_label(folders)
+    # Only labels of the server's list are accepted; anything else a client sends (a path, a
+    # stale label) is replaced by the default before the widget is drawn.
+    sent = st.session_state.get(MODELS_FOLDER, default)
+    refused = not _offered(sent, folders)
+    if refused or MODELS_FOLDER not in st.session_state:
+        st.session_state[MODELS_FOLDER] = default
+    notice = st.empty()  # above the expander, which starts collapsed
     with st.expander("Models and device"):
-        folder = st.text_input(
+        label = st.selectbox(
             "Model folder",
-            value=default_models_dir(),
-            key=state.MODELS_DIR,
-            help="A folder with drnet/, mobilenetv2/ and dense/ checkpoints (e.g. assets/models, or runs/).",
+            list(folders),
+            key=MODELS_FOLDER,
+            help="The folders this server offers: the shipped models and those its operator lists in DRNETS_MODELS_DIR.",
         )
-        models = load_models(folder.strip())
+        if not _offered(label, folders):
+            label, refused = default, True
+        folder = str(folders[label])
+        st.session_state[state.MODELS_DIR] = folder  # what the pages load (state.settings)
+        models = load_models(folder)
         for name, ckpt in models.checkpoints.items():
             st.caption(f"✓ {name}: {ckpt.path}")
         for name, problem in models.problems.items():
             st.caption(f"✗ {name}: {problem}")
+    if refused:
+        notice.warning(f"That model folder is not one this server offers; showing “{default}” instead.")
     st.caption(f"Device: {models.device_text}")
     return models
+
+
+def _offered(value: object, folders: dict[str, Path]) -> bool:
+    return isinstance(value, str) and value in folders

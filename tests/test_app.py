@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import appkit
@@ -18,9 +19,10 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from app import export, state
+import app.models as app_models_module
+from app import export, sidebar, state
 from app.figures.images import prediction_bars
-from app.models import load_models, warm_up
+from app.models import SHIPPED_LABEL, load_models, model_folders, warm_up
 from app.samples import samples_dir
 from app.timing import LATENCY_ROUNDS, measure_latency
 from drnets.checkpoint import load_checkpoint, save_checkpoint
@@ -144,14 +146,68 @@ def test_attributions_on_request(models_dir: Path) -> None:
     assert "Integrated Gradients" in body and "Occlusion" in body and "convergence delta" in body
 
 
+def test_the_browser_picks_among_the_folders_the_operator_configured(
+    models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mine = tmp_path / "mine"
+    _lone_drnet(mine / "drnet")
+    monkeypatch.setenv("DRNETS_MODELS_DIR", os.pathsep.join([str(models_dir), str(mine)]))
+    at = new_app().run()
+    assert_clean(at)
+    picker = at.selectbox(key=sidebar.MODELS_FOLDER)
+    assert picker.options[0] == SHIPPED_LABEL and "mine" in picker.options
+    assert not any(os.sep in label for label in picker.options), "labels, never server paths"
+    assert at.session_state[state.MODELS_DIR] == str(models_dir), "the first configured folder is the default"
+    picker.set_value("mine").run()
+    assert_clean(at)
+    assert at.session_state[state.MODELS_DIR] == str(mine)
+    assert f"✓ drnet: {mine / 'drnet'}" in texts(at)
+
+
+@pytest.mark.parametrize("sent", ["outside", "/etc", "../.."])
+def test_a_folder_the_server_does_not_offer_loads_nothing(
+    models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sent: str
+) -> None:
+    """A crafted client sends a path (here a folder holding a valid DRNet) as the folder picker's value."""
+    outside = tmp_path / "outside"
+    _lone_drnet(outside / "drnet")
+    sent = str(outside) if sent == "outside" else sent
+    read: list[Path] = []
+    real_load = app_models_module.load_checkpoint
+
+    def spy(path: Path, **kwargs):
+        read.append(Path(path))
+        return real_load(path, **kwargs)
+
+    monkeypatch.setattr(app_models_module, "load_checkpoint", spy)
+    at = new_app()
+    at.session_state[sidebar.MODELS_FOLDER] = sent
+    at.session_state[state.MODELS_DIR] = sent  # the key the pages load from: the sidebar sets it, not the client
+    at.run()
+    assert_clean(at)
+    assert any("not one this server offers" in w.value for w in at.warning), [w.value for w in at.warning]
+    configured = [str(folder) for folder in model_folders().values()]
+    assert at.session_state[state.MODELS_DIR] == str(models_dir) and str(models_dir) in configured
+    assert at.selectbox(key=sidebar.MODELS_FOLDER).value in model_folders()
+    assert not [p for p in read if p.is_relative_to(outside)], read
+    assert str(outside) not in texts(at)
+
+
+def test_no_text_box_takes_a_server_path(models_dir: Path) -> None:
+    at = new_app().run()
+    assert not at.exception
+    assert not at.text_input and not at.text_area, [w.key for w in [*at.text_input, *at.text_area]]
+
+
 def test_missing_models_and_samples_get_a_message(
     models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DRNETS_SAMPLES_DIR", str(tmp_path / "no-samples"))
+    monkeypatch.setenv("DRNETS_MODELS_DIR", os.pathsep.join([str(models_dir), str(tmp_path / "nowhere")]))
     at = new_app().run()
     assert not at.exception
     assert any("Pick a sample or upload" in i.value for i in at.info)
-    at.text_input(key=state.MODELS_DIR).set_value(str(tmp_path / "nowhere")).run()
+    at.selectbox(key=sidebar.MODELS_FOLDER).set_value("nowhere").run()
     assert not at.exception
     assert any("No usable DRNet" in e.value for e in at.error)
     for page in PAGES[1:]:
@@ -186,6 +242,12 @@ def _si(value: float) -> str:
     from app.ui import si
 
     return si(value)
+
+
+def _lone_drnet(folder: Path) -> None:
+    torch.manual_seed(0)
+    save_checkpoint(folder, create_model("drnet", channels=4, num_nodes=2).eval(), "drnet",
+                    list(FASHION_MNIST_CLASSES), {"dataset": "fashion-mnist", "input_size": [1, 28, 28]})  # fmt: skip
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -256,9 +318,7 @@ def test_latency_times_every_model_once_per_round(tmp_path: Path) -> None:
 def test_a_lone_drnet_without_evaluation_works_and_says_how_to_evaluate_it(tmp_path: Path) -> None:
     """A researcher's own DRNet, alone in a folder as training writes it: Inspect has no empty
     MobileNetV2 column, and the explorer gives the exact command that creates what it reads."""
-    torch.manual_seed(0)
-    save_checkpoint(tmp_path / "drnet" / "model", create_model("drnet", channels=4, num_nodes=2).eval(), "drnet",
-                    list(FASHION_MNIST_CLASSES), {"dataset": "fashion-mnist", "input_size": [1, 28, 28]})  # fmt: skip
+    _lone_drnet(tmp_path / "drnet" / "model")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DRNETS_MODELS_DIR", str(tmp_path))
         at = new_app().run()
