@@ -8,7 +8,11 @@ the form the model was trained on.
 For one-channel models (Fashion-MNIST) a photo is brought into Fashion-MNIST form by the
 steps Zalando used to make the data set (github.com/zalandoresearch/fashion-mnist, "How to
 generate"): trim the background (pixels within 5% of the background colour), fit the
-longest side to the frame, centre, and negate, so the object is light on black. Three-
+longest side to the frame, centre, and negate, so the object is light on black. That trim
+needs a uniform background; when the photo's border varies (texture, shading, a vignette)
+the object is found with GrabCut instead (``drnets.segment``), straightened if slightly
+tilted, and its brightness taken relative to the background's median. When no plausible
+object is found the whole frame is used and ``PreparedImage.unsure`` says so. Three-
 channel models (CIFAR-style, full-frame photos) get a centre crop and a resize.
 """
 
@@ -21,8 +25,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFilter, ImageOps, UnidentifiedImageError
 
+from . import segment as seg
 from .data import to_input
 
 SUPPORTED = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")  # decoders we let near user bytes
@@ -31,8 +36,12 @@ WORK_SIZE = 1024  # longest side while cropping: keeps memory small, keeps small
 DISPLAY_SIZE = 512  # longest side of the thumbnail shown back to the user
 TRIM_TOLERANCE = 0.05 * 255  # Zalando's trim: "within 5% of the maximum possible intensity"
 NOISE_SIGMAS = 3.0  # a pixel belongs to the object if it differs from the background by more
+UNIFORM_SPREAD = TRIM_TOLERANCE  # border's 5th percentile this close to its median: the trim works
 SPECKLE_NOISE = 1.0  # above this background noise (grey levels), drop isolated pixels before cropping
+BACKGROUND_DIM = 0.35  # the object view shows the background at this brightness
+BOX_COLOUR = (255, 140, 0)
 ELONGATED = 10  # aspect ratios beyond this get a note: the object ends up a few pixels thin
+PEAK_PERCENTILE = 99  # of the object's pixels, mapped to 255 (a specular highlight must not dim the rest)
 HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 EXIF_ORIENTATION = 0x0112
 # Leading bytes of common non-images, to say what a refused file looks like.
@@ -59,12 +68,34 @@ class PreparedImage:
         seen: uint8 [H, W] (grayscale) or [H, W, 3]: exactly what the model saw, before normalisation.
         original: small upright RGB thumbnail (longest side <= 512) of the upload, for display.
         notes: what was done, in words, e.g. "inverted the light background".
+        object_view: the thumbnail with what was taken as the object: background dimmed where a
+            mask was found, the crop outlined; None when the image was used whole or as is.
+        unsure: why the object could not be told from the background ("" when it could).
     """
 
     tensor: torch.Tensor
     seen: np.ndarray
     original: Image.Image
     notes: list[str] = field(default_factory=list)
+    object_view: Image.Image | None = None
+    unsure: str = ""
+
+
+@dataclass
+class Framing:
+    """The result of ``fashion_form``: what the model sees, and where it came from in the photo.
+
+    Attributes:
+        seen: uint8 ``size`` image in Fashion-MNIST form.
+        box: (left, top, right, bottom) of the crop in the input, or None if the input was used whole.
+        mask: bool [h, w] object mask in the input, or None if no mask was computed.
+        unsure: why no object was found ("" when one was).
+    """
+
+    seen: np.ndarray
+    box: tuple[int, int, int, int] | None = None
+    mask: np.ndarray | None = None
+    unsure: str = ""
 
 
 def prepare_upload(
@@ -74,6 +105,7 @@ def prepare_upload(
     std: tuple[float, ...] = (0.3530,),
     max_bytes: int = 20_000_000,
     max_pixels: int = 40_000_000,
+    segment: bool = True,
 ) -> PreparedImage:
     """Decode uploaded bytes and bring them into the model's input form.
 
@@ -83,6 +115,8 @@ def prepare_upload(
         mean, std: per-channel normalisation of the training data.
         max_bytes: larger files are refused before decoding.
         max_pixels: images declaring more pixels are refused before decoding (decompression bombs).
+        segment: find the object with GrabCut when the background is not uniform; False keeps the
+            plain trim for every image (``drnets.photos`` measures both).
 
     Returns:
         A ``PreparedImage``.
@@ -99,13 +133,33 @@ def prepare_upload(
     image = _decode(data, max_bytes, max_pixels, notes)
     original = image.convert("RGB")
     original.thumbnail((DISPLAY_SIZE, DISPLAY_SIZE))
+    view, unsure = None, ""
     if channels == 1:
-        seen = fashion_form(np.asarray(image.convert("L")), (height, width), notes)
+        colour = np.asarray(image) if image.mode == "RGB" else None
+        framing = fashion_form(np.asarray(image.convert("L")), (height, width), notes, colour, segment)
+        seen, unsure = framing.seen, framing.unsure
+        view = object_view(image, framing)
     else:
         seen = np.asarray(ImageOps.fit(image.convert("RGB"), (width, height), Image.Resampling.LANCZOS))
         notes.append(f"centre-cropped and resized to {width}x{height}")
     batch = torch.from_numpy(seen.copy()).reshape(1, height, width, channels)
-    return PreparedImage(to_input(batch, tuple(mean), tuple(std)), seen, original, notes)
+    return PreparedImage(to_input(batch, tuple(mean), tuple(std)), seen, original, notes, view, unsure)
+
+
+def object_view(image: Image.Image, framing: Framing) -> Image.Image | None:
+    """The photo with the object's mask (background dimmed) and the crop outlined, for display."""
+    if framing.box is None:
+        return None
+    rgb = np.asarray(image.convert("RGB"))
+    if framing.mask is not None:
+        dim = np.where(framing.mask[..., None], 1.0, BACKGROUND_DIM)
+        rgb = (rgb * dim).astype(np.uint8)
+    view = Image.fromarray(rgb)
+    left, top, right, bottom = framing.box
+    width = max(1, round(max(view.size) / 200))
+    ImageDraw.Draw(view).rectangle((left, top, right - 1, bottom - 1), outline=BOX_COLOUR, width=width)
+    view.thumbnail((DISPLAY_SIZE, DISPLAY_SIZE))
+    return view
 
 
 def check_size(n_bytes: int, max_bytes: int) -> None:
@@ -251,13 +305,21 @@ def _high_bit_to_l(image: Image.Image, notes: list[str]) -> Image.Image:
 # ---- Fashion-MNIST form: light object on black, cropped, longest side filling the frame ----
 
 
-def fashion_form(gray: np.ndarray, size: tuple[int, int], notes: list[str]) -> np.ndarray:
-    """uint8 [h, w] photo -> uint8 ``size`` image in Fashion-MNIST form.
+def fashion_form(
+    gray: np.ndarray,
+    size: tuple[int, int],
+    notes: list[str],
+    colour: np.ndarray | None = None,
+    segment: bool = True,
+) -> Framing:
+    """uint8 [h, w] photo -> uint8 ``size`` image in Fashion-MNIST form, and where it came from.
 
-    A light background (border median > 127) is inverted; the object is the region that
-    differs from the background by more than 5% or 3 noise sigmas; it is cropped, the
-    background level is mapped to 0, and the crop is fitted and centred. An image that is
-    already ``size`` with a black background is used exactly as is.
+    A light background (border median > 127) is inverted. On a uniform background the object
+    is the region that differs from the background by more than 5% or 3 noise sigmas; it is
+    cropped, the background level is mapped to 0, and the crop is fitted and centred. On a
+    varied background (and with ``segment``) the object is found by GrabCut in ``colour``
+    (uint8 [h, w, 3], or ``gray`` when None) instead. An image that is already ``size`` with a
+    black background is used exactly as is.
     """
     background, noise = _background(gray)
     if background > 127:
@@ -265,29 +327,74 @@ def fashion_form(gray: np.ndarray, size: tuple[int, int], notes: list[str]) -> n
         notes.append("inverted the light background (Fashion-MNIST items are light on black)")
     if gray.shape == size and background <= TRIM_TOLERANCE:
         notes.append(f"already {size[1]}x{size[0]} on a dark background: used as is")
-        return gray.copy()
+        return Framing(gray.copy())
+    if segment and _border_spread(gray) > UNIFORM_SPREAD and seg.can_segment(gray.shape):
+        found = seg.find_object(colour if colour is not None else gray)
+        if found.found:
+            return _segmented(gray, size, notes, found)
+        return _whole_frame(gray, size, notes, background, f"{seg.NOT_FOUND} ({found.reason})")
     box = _object_box(gray, background, noise)
     if box is None:
-        notes.append("no object stood out from the background; used the whole image")
-        box = (0, 0, gray.shape[1], gray.shape[0])
-    else:
-        notes.append("cropped to the object")
+        return _whole_frame(gray, size, notes, background, f"{seg.NOT_FOUND} (nothing stood out)")
+    notes.append("cropped to the object")
+    return Framing(_fit_crop(gray, box, background, size, notes), box)
+
+
+def _fit_crop(
+    gray: np.ndarray, box: tuple[int, int, int, int], background: float, size: tuple[int, int], notes: list[str]
+) -> np.ndarray:
+    """Background level -> 0, brightest object pixel -> 255, longest side fitted to the frame."""
     left, top, right, bottom = box
     crop = np.clip(gray[top:bottom, left:right].astype(np.float32) - background, 0, None)
     peak = float(crop.max())
-    if background > 0 and peak > TRIM_TOLERANCE:  # background -> 0, brightest object pixel -> 255
+    if background > 0 and peak > TRIM_TOLERANCE:
         crop *= 255.0 / peak
     if crop.shape[0] < size[0] and crop.shape[1] < size[1]:
         notes.append(f"upscaled a {crop.shape[1]}x{crop.shape[0]} region")
     return _fit(crop, size)
 
 
-def _background(gray: np.ndarray) -> tuple[float, float]:
-    """Median of the border ring, and its noise (1.4826 x MAD estimates a Gaussian sigma)."""
+def _whole_frame(gray: np.ndarray, size: tuple[int, int], notes: list[str], background: float, unsure: str) -> Framing:
+    notes.append(unsure)
+    return Framing(_fit_crop(gray, (0, 0, gray.shape[1], gray.shape[0]), background, size, notes), unsure=unsure)
+
+
+def _segmented(gray: np.ndarray, size: tuple[int, int], notes: list[str], found: seg.Segmentation) -> Framing:
+    """The object's difference from the background's median, zero outside its mask, cropped and fitted."""
+    mask = found.mask
+    background = float(np.median(gray[~mask])) if (~mask).any() else float(np.median(gray))
+    values = np.abs(gray.astype(np.float32) - background) * mask
+    notes.append("separated the object from the background (GrabCut)")
+    if found.angle:
+        values, mask = seg.straighten(values, mask, found.angle)
+        notes.append(f"straightened a {abs(found.angle):.0f}° tilt")
+    left, top, right, bottom = seg.bounding_box(mask)
+    crop, inside = values[top:bottom, left:right], mask[top:bottom, left:right]
+    peak = float(np.percentile(crop[inside], PEAK_PERCENTILE)) if inside.any() else 0.0
+    if peak > TRIM_TOLERANCE:
+        crop = crop * (255.0 / peak)
+    notes.append("cropped to the object")
+    return Framing(_fit(np.clip(crop, 0, 255), size), found.box, found.mask)
+
+
+def _border_spread(gray: np.ndarray) -> float:
+    """How far the border's 5th percentile lies below its median (the object light, the background
+    dark by now): small for paper or a studio backdrop, also when the object touches the border."""
+    low, median = np.percentile(_ring(gray), (5, 50))
+    return float(median - low)
+
+
+def _ring(gray: np.ndarray) -> np.ndarray:
+    """The pixels of a border ring 2% of the shorter side wide, as float32."""
     h, w = gray.shape
     r = max(1, round(min(h, w) * 0.02))
     ring = np.concatenate([gray[:r].ravel(), gray[-r:].ravel(), gray[:, :r].ravel(), gray[:, -r:].ravel()])
-    ring = ring.astype(np.float32)
+    return ring.astype(np.float32)
+
+
+def _background(gray: np.ndarray) -> tuple[float, float]:
+    """Median of the border ring, and its noise (1.4826 x MAD estimates a Gaussian sigma)."""
+    ring = _ring(gray)
     median = float(np.median(ring))
     return median, 1.4826 * float(np.median(np.abs(ring - median)))
 

@@ -367,7 +367,8 @@ def test_extreme_sizes_give_an_answer(size: tuple[int, int]) -> None:
 
 def test_uniform_image_says_no_object_was_found() -> None:
     prepared = prepare_upload(encode(Image.new("RGB", (64, 48), (200, 10, 10))))
-    assert "no object stood out from the background; used the whole image" in prepared.notes
+    assert prepared.unsure.startswith("no clear object found, the whole frame used")
+    assert prepared.unsure in prepared.notes and prepared.object_view is None
     check_prepared(prepared)
 
 
