@@ -1,4 +1,4 @@
-"""The one ``drnets`` command: ``info``, ``train``, ``eval``, ``predict``.
+"""The one ``drnets`` command: ``info``, ``train``, ``eval``, ``predict``, ``photos``, ``photos-eval``.
 
 Subcommands are thin: they parse flags and call the library.
 """
@@ -10,7 +10,7 @@ import json
 import sys
 from dataclasses import fields
 
-from . import evaluate, predict, samples
+from . import evaluate, photos, predict, samples
 from .argtypes import positive_int
 from .inference import keep_freed_memory
 from .model import create_model, list_models
@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     samples.add_parser(sub)
     evaluate.add_parser(sub)
     predict.add_parser(sub)
+    photos.add_parsers(sub)
     return parser
 
 

@@ -98,11 +98,21 @@ def image_ui(a: Analysis, models: ModelSet) -> dict[str, go.Figure]:
     st.subheader(ui.md(a.source.name))
     left, right = st.columns([1, 3], gap="large")
     with left:
-        original, seen = st.columns(2)
-        original.image(a.prepared.original, caption="your image", width="stretch")
-        seen.image(ui.pixelated(a.prepared.seen), caption="what the model saw", width="stretch")
-        if a.prepared.notes:
-            st.caption("Preprocessing: " + "; ".join(a.prepared.notes) + ".")
+        prepared = a.prepared
+        views = [(prepared.original, "your image")]
+        if prepared.object_view is not None:
+            views.append((prepared.object_view, "the object found (outlined: the crop)"))
+        views.append((ui.pixelated(prepared.seen), "what the model saw"))
+        for column, (picture, caption) in zip(st.columns(len(views)), views, strict=True):
+            column.image(picture, caption=caption, width="stretch")
+        if prepared.unsure:
+            st.warning(
+                f"Not sure where the garment is: {prepared.unsure}. The answers below may be about the "
+                "background; a photo with the garment filling more of a plainer surface works better.",
+                icon=":material/help:",
+            )
+        if prepared.notes:
+            st.caption("Preprocessing: " + "; ".join(prepared.notes) + ".")
     figs = {}
     with right:
         columns = st.columns(len(a.runs))
