@@ -28,6 +28,7 @@ from .device import pick_device
 from .inference import for_inference
 from .model import DRNet, is_routed
 from .router import RoutingPolicy
+from .routing_stats import routing_stats
 from .trace import RoutingTrace
 
 # Thresholds of the accuracy/FLOPs sweep; the model's own threshold is added to them.
@@ -228,7 +229,9 @@ def evaluate(
         rows, ``difficulty`` (do easy classes and correctly classified images cost less),
         ``branch_usage`` per (class, cell, branch) and ``cell_usage`` per (cell, branch) as
         the share of (image, edge) pairs that ran the branch, the 5 cheapest and 5 most
-        expensive images with their pixels (``extremes``) and the ``sweep`` rows.
+        expensive images with their pixels (``extremes``), ``routing`` (distinct routes, edges
+        that vary, FLOPs spread, route-class information: see ``drnets.routing_stats``; None
+        for static models) and the ``sweep`` rows.
 
     Example:
         >>> result = evaluate(load_checkpoint("assets/models/drnet"), load_dataset("fashion-mnist", "test"))
@@ -286,6 +289,7 @@ def evaluate(
         "branch_usage": by_class,
         "cell_usage": by_cell,
         "extremes": _extremes(trace, data),
+        "routing": routing_stats(trace.ran, trace.flops, data.labels) if routed else None,
         "sweep": sweep_rows,
     }
 
@@ -331,6 +335,19 @@ def format_summary(result: dict[str, Any]) -> str:
         )
     if difficulty := describe_difficulty(result.get("difficulty")):
         lines += ["", *difficulty]
+    if routing := result.get("routing"):
+        spread = routing["flops_p90_p10"]
+        lines += [
+            "",
+            f"routes              {routing['distinct_routes']} distinct, the most common taken by "
+            f"{routing['top_route_share']:.1%} of images",
+            f"edges that vary     {routing['edges_varying']} of {routing['edges']} "
+            f"(>= {routing['edge_vary_min_share']:.0%} of images leave the edge's usual branch set)",
+            f"MFLOPs spread       p10 {routing['flops_p10'] / m:.3f}  p90 {routing['flops_p90'] / m:.3f}"
+            + (f"  p90/p10 {spread:.3f}" if spread is not None else ""),
+            f"route-class info    {routing['route_class_information_bits']:.3f} bits of "
+            f"{routing['class_entropy_bits']:.3f} (class entropy)",
+        ]
     if result["sweep"]:
         lines += [
             "",

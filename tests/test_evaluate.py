@@ -21,7 +21,12 @@ from drnets.model import create_model
 TOP_KEYS = {
     "model", "dataset", "split", "n", "threshold", "top_k", "accuracy", "flops_mean", "flops_p50", "flops_p90",
     "flops_p99", "flops_min", "flops_max", "params_used_mean", "dense_flops", "dense_params", "seconds",
-    "per_class", "difficulty", "branch_usage", "cell_usage", "extremes", "sweep",
+    "per_class", "difficulty", "branch_usage", "cell_usage", "extremes", "routing", "sweep",
+}  # fmt: skip
+ROUTING_KEYS = {
+    "distinct_routes", "top_route_share", "edges", "edges_varying", "edges_varying_share", "edge_vary_min_share",
+    "flops_p10", "flops_p50", "flops_p90", "flops_p90_p10", "route_class_information_bits", "class_entropy_bits",
+    "route_class_information_share",
 }  # fmt: skip
 TINY = {"channels": 4, "num_cells": 3, "num_nodes": 2}
 TRAINING = {"dataset": "fashion-mnist", "mean": [0.286], "std": [0.353], "input_size": [1, 28, 28]}
@@ -120,6 +125,17 @@ def test_eval_json_contract_and_sums(drnet_dir: Path, data_root: Path, capsys: p
         assert torch.equal(torch.tensor(item["pixels"], dtype=torch.uint8), data.images[item["index"], :, :, 0])
         assert item["label"] == int(data.labels[item["index"]])
 
+    # Routing statistics: routes differ per image; 3 cells of 5 edges (2 + 3 into 2 nodes).
+    routing = result["routing"]
+    assert set(routing) == ROUTING_KEYS
+    assert 1 < routing["distinct_routes"] <= N and 0 < routing["top_route_share"] < 1
+    assert routing["edges"] == 3 * 5 and 0 <= routing["edges_varying"] <= routing["edges"]
+    assert routing["edges_varying_share"] == routing["edges_varying"] / routing["edges"]
+    assert routing["flops_p50"] == result["flops_p50"] and routing["flops_p90"] == result["flops_p90"]
+    assert result["flops_min"] <= routing["flops_p10"] <= routing["flops_p50"]
+    assert routing["flops_p90_p10"] == routing["flops_p90"] / routing["flops_p10"] >= 1
+    assert 0 <= routing["route_class_information_bits"] <= routing["class_entropy_bits"]
+
     # The sweep: every default threshold, the model's own row equals the main result, FLOPs never rise.
     sweep = result["sweep"]
     assert [r["threshold"] for r in sweep] == sorted({*SWEEP_THRESHOLDS, 0.1})
@@ -169,6 +185,7 @@ def test_static_models(name: str, config: dict, data_root: Path, tmp_path: Path,
     assert set(result) == TOP_KEYS and result["sweep"] == [] and not (tmp_path / "out" / "sweep.csv").exists()
     assert result["flops_min"] == result["flops_max"] == result["dense_flops"]  # every image pays everything
     assert result["params_used_mean"] == result["dense_params"]
+    assert result["routing"] is None  # static models: one route, nothing to report
     if name == "mobilenetv2":
         assert result["threshold"] is None and result["branch_usage"] == [] and result["cell_usage"] == []
         assert main(["eval", "--checkpoint", str(ckpt), "--data-root", str(data_root), "--threshold", "0.2"]) == 2

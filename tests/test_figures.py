@@ -17,6 +17,7 @@ from app.figures import common, dataset, images, routing
 from drnets.data import load_dataset, normalization, to_input
 from drnets.model import create_model
 from drnets.router import RoutingPolicy
+from drnets.routing_stats import routing_stats
 
 THRESHOLD = 0.15  # random-init gates sit near 1/7 ≈ 0.14, so this runs some branches and skips others
 TOP_K = 2  # and this skips some branches that passed the threshold
@@ -27,11 +28,10 @@ N_IMAGES = 30
 def routed():
     torch.manual_seed(0)
     model = create_model("drnet", channels=4, num_cells=3, num_nodes=2).eval()
-    model.policy = RoutingPolicy(THRESHOLD, TOP_K)
     data = load_dataset("fashion-mnist", "test").subset(N_IMAGES)
     x = to_input(data.images, *normalization("fashion-mnist", 1))
     with torch.no_grad():
-        _, trace = model(x)
+        _, trace = model(x, RoutingPolicy(THRESHOLD, TOP_K))
     return model, data, x, trace
 
 
@@ -76,9 +76,8 @@ def sweep(routed):
     model, data, x, _ = routed
     rows = []
     for threshold in (0.0, 0.12, 0.14, 0.16, 0.3):
-        model.policy = RoutingPolicy(threshold, None)
         with torch.no_grad():
-            logits, trace = model(x)
+            logits, trace = model(x, RoutingPolicy(threshold, None))
         rows.append(
             {
                 "threshold": threshold,
@@ -87,7 +86,6 @@ def sweep(routed):
                 "params_used_mean": float(trace.params.float().mean()),
             }
         )
-    model.policy = RoutingPolicy(THRESHOLD, TOP_K)
     return pd.DataFrame(rows)
 
 
@@ -319,6 +317,28 @@ def test_branch_usage_heatmap_by_class_and_by_cell(usage):
     assert "ran on" in by_cell.data[0].hovertext[0][0]
     for fig in (dataset.branch_usage_heatmap(usage), by_cell):
         _assert_short_branch_ticks(fig)
+
+
+def test_routing_table_reads_the_routing_section(routed):
+    _, data, _, trace = routed
+    stats = routing_stats(trace.ran, trace.flops, data.labels)
+    difficulty = {"easy_classes": ["Trouser", "Bag"], "easy_classes_flops_mean": 9e6, "hard_classes_flops_mean": 10e6}
+    table = dataset.routing_table(stats, difficulty)
+    assert list(table.columns) == ["statistic", "value", "meaning"]
+    rows = dict(zip(table["statistic"], table["value"], strict=True))
+    assert list(rows) == [
+        "distinct routes", "edges that vary", "FLOPs p90/p10", "route-class information", "easy classes' cost",
+    ]  # fmt: skip
+    assert rows["distinct routes"] == str(stats["distinct_routes"])
+    assert rows["edges that vary"] == f"{stats['edges_varying']} of {stats['edges']}"
+    assert rows["FLOPs p90/p10"] == f"{stats['flops_p90_p10']:.2f}×"
+    assert rows["route-class information"].startswith(f"{stats['route_class_information_bits']:.2f} bits")
+    assert rows["easy classes' cost"] == "-10.0%"
+    assert "2 most accurate classes" in table["meaning"].iloc[-1]
+    assert all(len(m) < 200 for m in table["meaning"])  # one short sentence each
+    static = dict(stats, flops_p90_p10=None, route_class_information_share=None)
+    no_gap = dataset.routing_table(static, {"easy_classes_flops_mean": None, "hard_classes_flops_mean": None})
+    assert len(no_gap) == 4 and no_gap["value"].iloc[2] == "n/a"
 
 
 def test_class_accuracy_bars_one_series_per_model(per_class):

@@ -1,5 +1,5 @@
 """The whole test set, from ``eval.json`` and sweep.csv: accuracy vs compute, cost and accuracy per class,
-branch usage."""
+branch usage, and the routing statistics as a table a teacher can read."""
 
 from __future__ import annotations
 
@@ -274,3 +274,54 @@ def class_accuracy_bars(per_class_by_model: dict[str, pd.DataFrame]) -> go.Figur
     )
     fig.update_layout(margin={"b": 100})
     return fig
+
+
+def routing_table(routing: dict, difficulty: dict | None = None) -> pd.DataFrame:
+    """eval.json's ``routing`` section (and the easy/hard class cost gap from ``difficulty``) as rows
+    of statistic, value and a one-sentence meaning, in the words of someone new to routing.
+
+    Example:
+        >>> routing_table(result["routing"], result["difficulty"])  # one row per statistic
+    """
+    spread = routing["flops_p90_p10"]
+    share = routing["route_class_information_share"]
+    rows = [
+        (
+            "distinct routes",
+            f"{routing['distinct_routes']:,}",
+            "different sets of branches the test images took; the most common route is taken by "
+            f"{routing['top_route_share']:.0%} of them.",
+        ),
+        (
+            "edges that vary",
+            f"{routing['edges_varying']} of {routing['edges']}",
+            f"edges where at least {routing['edge_vary_min_share']:.0%} of images run other branches than the "
+            "edge's usual ones; the other edges do the same for (nearly) every image.",
+        ),
+        (
+            "FLOPs p90/p10",
+            f"{spread:.2f}×" if spread is not None else "n/a",
+            f"an image at the dear end (90th percentile: {routing['flops_p90'] / 1e6:.1f} M {FLOPS_UNIT}) costs this "
+            f"many times one at the cheap end (10th percentile: {routing['flops_p10'] / 1e6:.1f} M); "
+            "1× = every image costs the same.",
+        ),
+        (
+            "route-class information",
+            f"{routing['route_class_information_bits']:.2f} bits" + (f" ({share:.0%})" if share is not None else ""),
+            "how much an image's route tells about its class, out of the "
+            f"{routing['class_entropy_bits']:.2f} bits that name the class; 0 = routes ignore the class.",
+        ),
+    ]
+    easy = (difficulty or {}).get("easy_classes_flops_mean")
+    hard = (difficulty or {}).get("hard_classes_flops_mean")
+    if easy is not None and hard:
+        n_easy = len(difficulty["easy_classes"])
+        rows.append(
+            (
+                "easy classes' cost",
+                f"{easy / hard - 1:+.1%}",
+                f"mean FLOPs per image of the {n_easy} most accurate classes against the other classes; "
+                "negative = easy classes are cheaper.",
+            )
+        )
+    return pd.DataFrame(rows, columns=["statistic", "value", "meaning"])

@@ -55,6 +55,8 @@ def main() -> None:
         )
         if difficulty := describe_difficulty(drnet.get("difficulty")):
             st.caption(" ".join(difficulty))
+    with ui.guard("summing up the routes"):
+        routing_ui(drnet, models)
     with ui.guard("drawing the branch usage"):
         usage_ui(drnet)
     with ui.guard("re-running the cheapest and most expensive images"):
@@ -92,6 +94,25 @@ def headline_ui(evals: dict[str, dict]) -> None:
         f"For comparison, the paper reports {ui.PAPER_FLOPS_SHARE:.2%} of MobileNetV2's FLOPs and "
         f"{ui.PAPER_PARAMS_SHARE:.2%} of its parameters on CIFAR-10."
     )
+
+
+def routing_ui(drnet: dict, models: ModelSet) -> None:
+    """Do images take different routes, and does the route follow the class? One metric per statistic."""
+    st.markdown("#### How much the routes differ")
+    if "routing" not in drnet:
+        st.info(
+            "This eval.json has no routing statistics (distinct routes, edges that vary, FLOPs spread, "
+            "route-class information): run `python -m drnets eval ... --out` to compute them. For this DRNet:"
+        )
+        st.code(eval_command(models, "drnet"), language="bash", wrap_lines=True)
+        return
+    if not drnet["routing"]:
+        st.caption("This network does not route: every image takes the same path and costs the same.")
+        return
+    table = dataset.routing_table(drnet["routing"], drnet.get("difficulty"))
+    for column, row in zip(st.columns(len(table)), table.itertuples(), strict=True):
+        column.metric(row.statistic, row.value)
+        column.caption(row.meaning)
 
 
 def usage_ui(drnet: dict) -> None:
