@@ -31,6 +31,14 @@ def unit_float(text: str) -> float:
     return value
 
 
+def open_unit_float(text: str) -> float:
+    """A value in (0, 1), such as a budget."""
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {value}")
+    return value
+
+
 def positive_ints(text: str) -> tuple[int, ...]:
     """A comma-separated list such as batch sizes: ``1,64,256``."""
     return tuple(positive_int(part) for part in _parts(text))

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .ops import FactorizedReduce, ReLUConvBN, create_branch, param_count
-from .router import Router, RoutingPolicy, StaticRouter, recalibrate, select
+from .router import Router, RoutingPolicy, StaticRouter, branch_scale, gate_values, select
 
 Execution = Literal["sparse", "masked"]
 
@@ -43,6 +43,9 @@ class Cell(nn.Module):
             ``DRNetConfig.router_input``.
         router_grid: the router pools what it reads onto a router_grid x router_grid layout.
         router_relu: the router rectifies what it reads before pooling.
+        gate: "softmax" or "sigmoid" (``drnets.router.GATES``).
+        budgeted: the router reads the policy's budget.
+        open_bias: initial bias of every gate logit (> 0 starts sigmoid gates open).
     """
 
     def __init__(
@@ -59,9 +62,12 @@ class Cell(nn.Module):
         context_channels: int | None = None,
         router_grid: int = 1,
         router_relu: bool = False,
+        gate: str = "softmax",
+        budgeted: bool = False,
+        open_bias: float = 0.0,
     ):
         super().__init__()
-        self.reduction, self.channels, self.num_nodes = reduction, c, num_nodes
+        self.reduction, self.channels, self.num_nodes, self.gate = reduction, c, num_nodes, gate
         self.branch_names = branches
         self.edges = cell_edges(num_nodes)
         self.preprocess0 = FactorizedReduce(c_pp, c) if reduction_prev else ReLUConvBN(c_pp, c, 1, 1, 0)
@@ -71,7 +77,16 @@ class Cell(nn.Module):
         )
         num_edges, num_branches = len(self.edges), len(branches)
         self.router = (
-            Router(context_channels or 2 * c, router_hidden, num_edges, num_branches, router_grid, router_relu)
+            Router(
+                context_channels or 2 * c,
+                router_hidden,
+                num_edges,
+                num_branches,
+                router_grid,
+                router_relu,
+                budgeted,
+                open_bias,
+            )  # fmt: skip
             if dynamic
             else StaticRouter(num_edges, num_branches)
         )
@@ -84,9 +99,9 @@ class Cell(nn.Module):
         return self.num_nodes * self.channels
 
     def route(self, logits: torch.Tensor, policy: RoutingPolicy) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gate weights [B, E, K] and the run mask [B, E, K] from the router's logits."""
-        weights = recalibrate(logits, policy.temperature, self.training)
-        return weights, select(weights.detach(), policy)
+        """Gate values [B, E, K] and the run mask [B, E, K] from the router's logits."""
+        gates = gate_values(logits, self.gate, policy.temperature, self.training)
+        return gates, select(gates.detach(), policy)
 
     def forward(
         self,
@@ -97,29 +112,33 @@ class Cell(nn.Module):
         execution: Execution = "sparse",
         context: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (cell output [B, N*c, H', W'], gate weights [B, E, K], ran mask [B, E, K]).
+        """Returns (cell output [B, N*c, H', W'], gate values [B, E, K], ran mask [B, E, K]).
 
         ``forced_ran`` ([B or 1, E, K] bool) replaces the router's selection, e.g. to keep
         the route of a real image fixed while attribution methods perturb it. ``context``
         is what a stem-reading router reads: the stem output already through ``pool_maps``.
         """
         s0, s1 = self.preprocess0(s0), self.preprocess1(s1)
-        logits = self.router.logits(context) if context is not None else self.router(s0, s1)
-        weights, ran = self.route(logits, policy)
+        if context is not None:
+            logits = self.router.logits(context, policy.budget)
+        else:
+            logits = self.router(s0, s1, budget=policy.budget)
+        gates, ran = self.route(logits, policy)
         if forced_ran is not None:
             ran = forced_ran.to(ran.device).expand_as(ran)
+        scale = branch_scale(gates, ran, self.gate)
         if execution == "masked":
-            return self._run_masked([s0, s1], weights, ran), weights, ran
-        return run_sparse(self, [s0, s1], weights, ran), weights, ran
+            return self._run_masked([s0, s1], scale, ran), gates, ran
+        return run_sparse(self, [s0, s1], scale, ran), gates, ran
 
     def node_shape(self, s1: torch.Tensor) -> tuple[int, ...]:
         b, _, h, w = s1.shape
         stride = 2 if self.reduction else 1
         return (b, self.channels, (h - 1) // stride + 1, (w - 1) // stride + 1)
 
-    def _run_masked(self, states: list[torch.Tensor], weights: torch.Tensor, ran: torch.Tensor) -> torch.Tensor:
+    def _run_masked(self, states: list[torch.Tensor], scale: torch.Tensor, ran: torch.Tensor) -> torch.Tensor:
         """Reference: every branch on every sample, multiplied by weight x mask. Slow, obviously right."""
-        gate = weights * ran.to(weights.dtype)
+        gate = scale * ran.to(scale.dtype)
         edge = 0
         for _ in range(self.num_nodes):
             node = 0
@@ -141,7 +160,7 @@ BranchCall = Callable[[int, int, torch.Tensor, bool], torch.Tensor]
 def run_sparse(
     cell: Cell,
     states: list[torch.Tensor],
-    weights: torch.Tensor,
+    scale: torch.Tensor,
     ran: torch.Tensor,
     call: BranchCall | None = None,
 ) -> torch.Tensor:
@@ -152,6 +171,7 @@ def run_sparse(
     samples kept gather those rows, run, and scatter-add back. The whole cell costs one host sync
     (the route) and, only for a mixed batch, one ``nonzero`` for every branch's sample indices.
 
+    ``scale`` [B, E, K] multiplies each kept branch's output (``drnets.router.branch_scale``).
     ``call(edge, k, x, private)`` runs branch k of an edge on x; ``private`` says x is a gathered
     copy no one else reads. The default calls the cell's own branches; ``drnets.inference`` passes
     its folded ones.
@@ -161,7 +181,7 @@ def run_sparse(
     counts, samples = _route_plan(ran, states[0].device)
     # In the maps' dtype: under autocast the maps are half precision while softmax gives float32,
     # and index_add_ needs one dtype on both sides.
-    gate = weights.to(states[1].dtype).flatten(1).t()[:, :, None, None, None].unbind(0)  # E*K views [B, 1, 1, 1]
+    gate = scale.to(states[1].dtype).flatten(1).t()[:, :, None, None, None].unbind(0)  # E*K views [B, 1, 1, 1]
     node_shape, edge = cell.node_shape(states[1]), 0
     for _ in range(cell.num_nodes):
         node = None

@@ -86,6 +86,13 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--tau-start", type=float, default=d.tau_start, help="Gumbel-Softmax temperature at the start")
     g.add_argument("--tau-end", type=float, default=d.tau_end, help="... and at the end (geometric annealing)")
     g.add_argument("--threshold", type=float, default=d.threshold, help="routing threshold t")
+    g.add_argument("--budget-min", type=float, default=d.budget_min,
+                   help="budgeted DRNets: the smallest budget trained (share of the routed branches' FLOPs)")  # fmt: skip
+    g.add_argument("--budget-max", type=float, default=d.budget_max, help="... and the largest")
+    g.add_argument("--sandwich", action=argparse.BooleanOptionalAction, default=d.sandwich,
+                   help="budgeted DRNets: train the largest, the smallest and a random budget each step (default: on)")  # fmt: skip
+    g.add_argument("--cost-warmup", type=float, default=d.cost_warmup,
+                   help="share of the run before the cost term switches on (default 0)")  # fmt: skip
     g = p.add_argument_group("output")
     g.add_argument("--out", default=d.out, help="run folder: train_state.pt, model/, log.csv, args.json")
     g.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")

@@ -31,7 +31,7 @@ from torch import nn
 from .cell import Cell, run_sparse
 from .model import DRNet, InvertedResidual, MobileNetV2
 from .ops import Branch, FactorizedReduce, even_odd_pixels, output_size, pad_odd
-from .router import Router, RoutingPolicy, pool_maps, select
+from .router import Router, RoutingPolicy, branch_scale, budget_logit, gate_values, pool_maps, select
 from .trace import RoutingTrace
 
 SEPARABLE_MIN_PIXELS = 784  # batch x height x width from which the separable max pool wins (one 28x28 map)
@@ -269,11 +269,17 @@ class StackedRouters(nn.Module):
             self.register_buffer("w2", w2, persistent=False)
             b2 = torch.stack([r.fc2.bias for r in routers]).unsqueeze(1)  # [L, 1, E*K]
             self.register_buffer("b2", b2, persistent=False)
+            budgeted = first.budget_scale is not None
+            scales = torch.stack([r.budget_scale for r in routers]).unsqueeze(1) if budgeted else None  # [L, 1, E*K]
+            self.register_buffer("budget_scale", scales, persistent=False)
 
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+    def forward(self, pooled: torch.Tensor, budget: float | None = None) -> torch.Tensor:
         """Logits [L, B, E, K] of the L routers from the maps they read, pooled once by ``pool_maps``."""
+        b2 = self.b2
+        if self.budget_scale is not None and budget is not None:
+            b2 = b2 + self.budget_scale * budget_logit(budget)  # the same shift as Router.logits, folded in the bias
         h = torch.addmm(self.b1, pooled, self.w1.t()).relu_()  # [B, L * hidden]
-        logits = torch.baddbmm(self.b2, h.view(-1, self.num_routers, self.hidden).transpose(0, 1), self.w2)
+        logits = torch.baddbmm(b2, h.view(-1, self.num_routers, self.hidden).transpose(0, 1), self.w2)
         return logits.view(self.num_routers, -1, self.num_edges, self.num_branches)
 
 
@@ -302,13 +308,17 @@ class FastCell(nn.Module):
         cell = self.plain[0]
         s0, s1 = self.preprocess0.rectified(s0), self.preprocess1.rectified(s1)
         if routed is None:
-            logits = cell.router.logits(context) if context is not None else cell.router(s0, s1)
-            weights = logits.softmax(dim=-1)
-            routed = weights, select(weights, policy)
-        weights, ran = routed
+            if context is not None:
+                logits = cell.router.logits(context, policy.budget)
+            else:
+                logits = cell.router(s0, s1, budget=policy.budget)
+            gates = gate_values(logits, cell.gate, policy.temperature, training=False)
+            routed = gates, select(gates, policy)
+        gates, ran = routed
         if forced_ran is not None:
             ran = forced_ran.to(ran.device).expand_as(ran)
-        return run_sparse(cell, [s0, s1], weights, ran, self._call), weights, ran
+        scale = branch_scale(gates, ran, cell.gate)
+        return run_sparse(cell, [s0, s1], scale, ran, self._call), gates, ran
 
     def _call(self, edge: int, k: int, x: torch.Tensor, private: bool) -> torch.Tensor:
         return self.branches[edge][k](x, private)
@@ -339,7 +349,7 @@ class FastDRNet(nn.Module):
         """Same as ``DRNet.forward`` (sparse execution), without autograd."""
         model = self.plain
         model.check_input(x, forced_route)
-        policy = policy or model.default_policy
+        policy = model.resolve_policy(policy)
         stem = self.stem(x)
         context = None
         if self.config.router_input == "stem" and not self.config.router_relu:
@@ -349,8 +359,8 @@ class FastDRNet(nn.Module):
             context = pool_maps((s1,), self.config.router_grid)
         routes = None
         if self.routers is not None:
-            weights = self.routers(context).softmax(dim=-1)
-            routes = weights, select(weights, policy)
+            gates = gate_values(self.routers(context, policy.budget), self.config.gate, policy.temperature, False)
+            routes = gates, select(gates, policy)
         gates, ran = [], []
         last = len(self.cells) - 1
         for i, cell in enumerate(self.cells):

@@ -17,7 +17,7 @@ from torch import nn
 from .cell import Cell, Execution
 from .cost import CostTable, static_cost_table
 from .ops import PRIMITIVES, Pool, param_count, sequential_flops
-from .router import RoutingPolicy, pool_maps
+from .router import GATES, RoutingPolicy, pool_maps
 from .trace import RoutingTrace
 
 
@@ -54,6 +54,10 @@ class DRNetConfig:
     router_relu: bool = False  # rectify what the router reads before pooling (see router.pool_maps)
     threshold: float = 0.1  # inference: run a branch if its gate weight >= threshold
     top_k: int | None = None  # inference: also cap the branches per edge at the k heaviest
+    gate: str = "softmax"  # "softmax" over an edge's branches (the paper) or independent "sigmoid" gates
+    open_bias: float = 0.0  # initial gate-logit bias; 2 starts sigmoid gates ~88% open (ConvNet-AIG)
+    budgeted: bool = False  # routers read a budget c (RoutingPolicy.budget) and shift their gates by it
+    budget: float = 0.3  # the budget c a budgeted model runs at when the policy names none
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "branches", tuple(self.branches))
@@ -64,7 +68,9 @@ class DRNetConfig:
             raise ValueError("a DRNet config needs at least one branch")
         if self.num_cells < 1 or self.num_nodes < 1 or self.channels < 2:
             raise ValueError("num_cells, num_nodes must be >= 1 and channels >= 2")
-        RoutingPolicy(self.threshold, self.top_k)  # validates both
+        RoutingPolicy(self.threshold, self.top_k, budget=self.budget)  # validates all three
+        if self.gate not in GATES:
+            raise ValueError(f"gate must be one of {', '.join(GATES)}, got {self.gate!r}")
         if self.router_grid < 1:
             raise ValueError(f"router_grid must be >= 1, got {self.router_grid}")
         if self.router_input not in ("cell", "stem"):
@@ -94,6 +100,7 @@ class DRNet(nn.Module):
             cell = Cell(
                 c_pp, c_p, c, reduction, reduction_prev, config.num_nodes, config.branches, config.router_hidden,
                 config.dynamic, c_stem if config.router_input == "stem" else None, config.router_grid, config.router_relu,
+                config.gate, config.budgeted, config.open_bias,
             )  # fmt: skip
             cells.append(cell)
             c_pp, c_p, reduction_prev = c_p, cell.out_channels, reduction
@@ -104,8 +111,16 @@ class DRNet(nn.Module):
 
     @property
     def default_policy(self) -> RoutingPolicy:
-        """The policy the model was trained and shipped with (its config's threshold and top-k)."""
-        return RoutingPolicy(self.config.threshold, self.config.top_k)
+        """The policy the model was trained and shipped with (its config's threshold, top-k and budget)."""
+        return self.resolve_policy(RoutingPolicy(self.config.threshold, self.config.top_k))
+
+    def resolve_policy(self, policy: RoutingPolicy | None) -> RoutingPolicy:
+        """``policy`` with the model's defaults filled in: its own policy for None, its default budget
+        for a budgeted model's policy that names none; other models drop the budget."""
+        if policy is None:
+            return self.default_policy
+        budget = (policy.budget or self.config.budget) if self.config.budgeted else None
+        return policy if budget == policy.budget else dataclasses.replace(policy, budget=budget)
 
     def forward_features(
         self,
@@ -116,7 +131,7 @@ class DRNet(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Features [B, C, H, W], gates [B, L, E, K], ran [B, L, E, K]."""
         self.check_input(x, forced_route)
-        policy = policy or self.default_policy
+        policy = self.resolve_policy(policy)
         s0 = s1 = self.stem(x)
         context = self.router_context(s1)
         gates, ran = [], []
@@ -404,6 +419,29 @@ def is_routed(model: nn.Module) -> bool:
     """A DRNet with instance-aware routers (not the dense supernet, not MobileNetV2)."""
     config = getattr(model, "config", None)
     return isinstance(config, DRNetConfig) and config.dynamic
+
+
+def policy_with(
+    model: nn.Module, threshold: float | None = None, top_k: int | None = None, budget: float | None = None
+) -> RoutingPolicy | None:
+    """The model's own policy with the settings given (as the CLI flags name them) in place of its own;
+    None for a static model given none. Refuses settings the model cannot take, naming them."""
+    given = {"--threshold": threshold, "--top-k": top_k, "--budget": budget}
+    if not isinstance(model, DRNet):
+        named = [flag for flag, value in given.items() if value is not None]
+        if named:
+            verb = "applies" if len(named) == 1 else "apply"
+            raise ValueError(f"{' and '.join(named)} {verb} to DRNets only; this is a static {type(model).__name__}")
+        return None
+    if budget is not None and not model.config.budgeted:
+        raise ValueError("--budget applies to a DRNet with budget-conditioned routers; this one routes by threshold")
+    own = model.default_policy
+    return dataclasses.replace(
+        own,
+        threshold=own.threshold if threshold is None else threshold,
+        top_k=own.top_k if top_k is None else top_k,
+        budget=own.budget if budget is None else budget,
+    )
 
 
 def model_config(model: nn.Module) -> dict[str, Any]:

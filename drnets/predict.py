@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from .argtypes import positive_int, unit_float
+from .argtypes import open_unit_float, positive_int, unit_float
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from .inference import for_inference
-from .model import DRNet
+from .model import policy_with
 from .router import RoutingPolicy
 from .upload import UploadError, check_size, prepare_upload
 
@@ -92,11 +92,7 @@ def predict_file(
 
 def cmd_predict(args: argparse.Namespace) -> int:
     checkpoint = load_checkpoint(args.checkpoint)
-    policy = None
-    if args.threshold is not None:
-        if not isinstance(checkpoint.model, DRNet):
-            raise ValueError(f"--threshold applies to routed models; this checkpoint is a static {checkpoint.name}")
-        policy = RoutingPolicy(args.threshold, checkpoint.model.default_policy.top_k)
+    policy = policy_with(checkpoint.model, args.threshold, budget=args.budget)
     fast = for_inference(checkpoint.model)
     results = [predict_file(checkpoint, Path(p), args.top_k, policy, fast) for p in args.images]
     if args.json:
@@ -137,5 +133,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (model.safetensors + config.json)")
     p.add_argument("--top-k", type=positive_int, default=3, help="how many classes to list (default 3)")
     p.add_argument("--threshold", type=unit_float, default=None, help="routing threshold t for a DRNet")
+    p.add_argument("--budget", type=open_unit_float, default=None,
+                   help="share of the routed branches' FLOPs to aim at, for a DRNet with budget-conditioned routers")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON list, one object per image")
     p.set_defaults(func=cmd_predict)

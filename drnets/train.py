@@ -24,6 +24,7 @@ import math
 import os
 import pickle
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from .checkpoint import atomic_write, atomic_write_text, save_checkpoint
 from .data import ImageSet, augment, load_dataset, normalization, to_input
 from .device import cudnn_suits_training, pick_device
 from .model import DRNet, create_model
+from .router import RoutingPolicy
 
 STATE_FILE = "train_state.pt"
 STATE_KEYS = {"model", "optimizer", "scheduler", "epoch", "history"}
@@ -76,6 +78,17 @@ class TrainConfig:
     tau_start: float = 1.0  # Gumbel-Softmax temperature at the first step
     tau_end: float = 0.3  # ... and at the last step
     threshold: float = 0.1  # routing threshold used in training and stored for inference
+    # Budget-conditioned DRNets (model config ``budgeted``): each step trains budgets c drawn from
+    # [budget_min, budget_max] (shares of the routed branches' FLOPs) and pulls the batch-mean
+    # expected cost to c, instead of the flat lambda x cost push. With ``sandwich`` every step trains
+    # the largest, the smallest and one random budget, the smaller two also distilled from the
+    # largest one's answers (US-Nets' sandwich rule and in-place distillation).
+    budget_min: float = 0.05
+    budget_max: float = 0.6
+    sandwich: bool = True
+    # Share of the steps before the cost term switches on (then it ramps up over a tenth of the run):
+    # the branches learn something before the routers learn to cut them (Li et al. switch on at 40%).
+    cost_warmup: float = 0.0
     seed: int = 0
     limit: int | None = None  # train on the first N images only (smoke tests)
     model_overrides: str = "{}"  # JSON dict of model-config overrides, e.g. '{"channels": 16}'
@@ -107,6 +120,12 @@ class TrainConfig:
         for name in ("weight_decay", "cost_weight", "pool_price"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.budget_min <= self.budget_max < 1:
+            raise ValueError(
+                f"budgets must satisfy 0 < budget_min <= budget_max < 1, got {self.budget_min}, {self.budget_max}"
+            )
+        if not 0 <= self.cost_warmup < 1:
+            raise ValueError(f"cost_warmup must lie in [0, 1), got {self.cost_warmup}")
 
     def overrides(self) -> dict[str, Any]:
         try:
@@ -211,6 +230,70 @@ def training_loss(
             loss = loss + difficulty_loss(cost, logits, labels, cfg.difficulty_spread, cfg.difficulty_by)
         return loss, ce
     return ce, ce
+
+
+def cost_ramp(step: int, total: int, warmup: float) -> float:
+    """0 before ``warmup`` x total steps, then linearly to 1 over the next tenth of the run."""
+    return min(1.0, max(0.0, (step / max(1, total) - warmup) / 0.1)) if warmup > 0 else 1.0
+
+
+def step_budgets(cfg: TrainConfig) -> list[float]:
+    """The budgets one step trains, largest first (from the global RNG, which each epoch reseeds)."""
+    c = cfg.budget_min + (cfg.budget_max - cfg.budget_min) * float(torch.rand(()))
+    return [cfg.budget_max, cfg.budget_min, c] if cfg.sandwich else [c]
+
+
+def budget_loss(
+    model: nn.Module,
+    logits: torch.Tensor,
+    trace,
+    labels: torch.Tensor,
+    budget: float,
+    teacher: torch.Tensor | None,
+    cfg: TrainConfig,
+    ramp: float,
+    h: int,
+    w: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, cross-entropy) of one budget's pass: labels (and the teacher's answers, for every budget
+    but the largest), the batch-mean expected cost pulled to ``budget``, and the difficulty term."""
+    ce = F.cross_entropy(logits, labels)
+    loss = ce
+    if teacher is not None:
+        kd = F.kl_div(logits.float().log_softmax(1), teacher.float().softmax(1), reduction="batchmean")
+        loss = 0.5 * (ce + kd)
+    core = model.module if hasattr(model, "module") else model
+    cost = core.cost_table(h, w).expected_flops_fraction(trace.gates, cfg.pool_price).float()  # [B]
+    loss = loss + ramp * cfg.cost_weight * (cost.mean() - budget) ** 2
+    if cfg.difficulty_spread > 0:
+        loss = loss + ramp * difficulty_loss(cost, logits, labels, cfg.difficulty_spread, cfg.difficulty_by)
+    return loss, ce
+
+
+def budget_step(
+    net: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    policy: RoutingPolicy,
+    cfg: TrainConfig,
+    ramp: float,
+    scale: Callable[[torch.Tensor], torch.Tensor],
+    autocast: Callable[[], Any],
+    size: tuple[int, int],
+) -> tuple[torch.Tensor, Any, torch.Tensor]:
+    """One step's passes, one per budget of ``step_budgets``, each backpropagated before the next (one
+    graph in memory at a time); the gradients add up for one optimizer step. Returns the largest
+    budget's (logits, trace, cross-entropy) for the logs."""
+    largest = None
+    for budget in step_budgets(cfg):
+        with autocast():
+            logits, trace = net(x, replace(policy, budget=budget))
+            teacher = largest[0] if largest is not None else None
+            loss, ce = budget_loss(net, logits, trace, y, budget, teacher, cfg, ramp, *size)
+        scale(loss).backward()
+        if largest is None:
+            largest = (logits.detach(), trace, ce.detach())
+    return largest
 
 
 def label_probability(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -368,6 +451,11 @@ def fit(
     use_amp = ctx.device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     routed = isinstance(model, DRNet)
+    budgeted = routed and model.config.budgeted
+
+    def autocast() -> torch.autocast:
+        return torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=use_amp)
+
     for epoch in range(start_epoch, cfg.epochs):
         gen = seed_epoch(cfg, epoch, ctx.rank)
         order = epoch_order(len(data), cfg.seed, epoch, ctx.rank, ctx.world_size)
@@ -381,13 +469,18 @@ def fit(
             x, y = x.to(ctx.device), y.to(ctx.device)
             if nhwc:
                 x = x.contiguous(memory_format=torch.channels_last)
-            temperature = temperature_at(epoch * per_epoch + i, total_steps, cfg.tau_start, cfg.tau_end)
+            step = epoch * per_epoch + i
+            temperature = temperature_at(step, total_steps, cfg.tau_start, cfg.tau_end)
             policy = replace(model.default_policy, temperature=temperature) if routed else None
-            with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=use_amp):
-                logits, trace = net(x, policy)
-                loss, ce = training_loss(net, logits, trace, y, cfg, h, w)
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            if budgeted:
+                ramp = cost_ramp(step, total_steps, cfg.cost_warmup)
+                logits, trace, ce = budget_step(net, x, y, policy, cfg, ramp, scaler.scale, autocast, (h, w))
+            else:
+                with autocast():
+                    logits, trace = net(x, policy)
+                    loss, ce = training_loss(net, logits, trace, y, cfg, h, w)
+                scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()

@@ -160,7 +160,7 @@ def test_checkpoint_without_usable_preprocessing_is_refused(
 def test_threshold_on_a_static_model_is_refused(tmp_path, images, tiny_model, capsys) -> None:
     folder = save_checkpoint(tmp_path / "mb", tiny_model("mobilenetv2"), "mobilenetv2", FASHION_MNIST_CLASSES, TRAINING)
     assert main(["predict", "--checkpoint", str(folder), str(images["good"]), "--threshold", "0.3"]) == 2
-    assert "--threshold applies to routed models; this checkpoint is a static mobilenetv2" in capsys.readouterr().err
+    assert "--threshold applies to DRNets only; this is a static MobileNetV2" in capsys.readouterr().err
 
 
 def test_rgb_checkpoint_gets_rgb_input(tmp_path, images, tiny_model, capsys) -> None:

@@ -253,3 +253,15 @@ def test_class_difficulty_ranks_every_image_by_its_classs_mean_confidence() -> N
     # Targets 1, 1, 0.5, 1.5 (spread 0.5): costs on target give zero loss.
     on_target = torch.tensor([1.0, 1.0, 0.5, 1.5]) * 0.2
     assert difficulty_loss(on_target, logits, labels, 0.5, by="class") == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_budgeted_drnet_trains_through_the_cli(data_root: Path, tmp_path: Path) -> None:
+    """The sandwich step (three budgets a step, two of them distilled) end to end; the checkpoint keeps the budget scales."""
+    config = json.dumps({**json.loads(TINY_DRNET), "router_input": "cell", "gate": "sigmoid", "open_bias": 2.0,
+                         "budgeted": True, "threshold": 0.5})  # fmt: skip
+    flags = ("--model-config", config, "--threshold", "0.5", "--cost-weight", "5", "--cost-warmup", "0.2",
+             "--difficulty-spread", "0.5", "--limit", "48")  # fmt: skip
+    metrics = _train(data_root, tmp_path, *flags)
+    assert metrics["epoch"] == EPOCHS and metrics["train_loss"] == metrics["train_loss"]  # not NaN
+    model = load_checkpoint(tmp_path / "model").model
+    assert model.config.budgeted and model.cells[0].router.budget_scale is not None
