@@ -14,6 +14,7 @@ import io
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .argtypes import positive_int, unit_float
+from .argtypes import open_unit_float, positive_int, unit_float
 from .checkpoint import Checkpoint, atomic_write_text, load_checkpoint
 from .data import DATASETS, ImageSet, load_dataset, normalization, to_input
 from .device import pick_device
 from .inference import for_inference
-from .model import DRNet, is_routed
+from .model import DRNet, is_routed, policy_with
 from .router import RoutingPolicy
 from .routing_stats import routing_stats
 from .trace import RoutingTrace
@@ -36,6 +37,9 @@ from .trace import RoutingTrace
 SWEEP_THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
 NUM_EXTREMES = 5  # cheapest and most expensive images kept in eval.json
 SWEEP_COLUMNS = ("threshold", "accuracy", "flops_mean", "params_used_mean")
+# Budgets of the sweep of a DRNet with budget-conditioned routers (at its own threshold); its own
+# budget is added to them. Its sweep rows and sweep.csv gain a "budget" column.
+SWEEP_BUDGETS = (0.03, 0.05, 0.08, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6)
 
 
 class EvaluationError(ValueError):
@@ -213,6 +217,7 @@ def evaluate(
     *,
     split: str = "test",
     sweep: Sequence[float] | None = SWEEP_THRESHOLDS,
+    budget: float | None = None,
 ) -> dict[str, Any]:
     """Accuracy, per-image cost and routing statistics of ``checkpoint`` on ``data``.
 
@@ -221,7 +226,9 @@ def evaluate(
             static models (MobileNetV2) accept neither.
         split: recorded in the result only.
         sweep: thresholds to also evaluate (routed DRNets only; the policy's own
-            threshold is added); None or empty skips the sweep.
+            threshold is added); None or empty skips the sweep. A DRNet with budget-conditioned
+            routers sweeps ``SWEEP_BUDGETS`` instead, at its threshold.
+        budget: the budget a budget-conditioned DRNet runs at (default: its own).
 
     Returns:
         The ``eval.json`` dict: totals (``accuracy``, ``flops_mean``/``p50``/``p90``/``p99``/
@@ -247,21 +254,20 @@ def evaluate(
     default_mean, default_std = normalization(data.name, channels)
     mean = checkpoint.training.get("mean", default_mean)
     std = checkpoint.training.get("std", default_std)
-    policy = None
-    if isinstance(checkpoint.model, DRNet):
-        default = checkpoint.model.default_policy
-        policy = RoutingPolicy(
-            default.threshold if threshold is None else threshold, default.top_k if top_k is None else top_k
-        )
+    policy = policy_with(checkpoint.model, threshold, top_k, budget)
     started = time.perf_counter()
     trace = run_traces(model, data, mean, std, batch_size, policy)
     seconds = time.perf_counter() - started
     sweep_rows = []
     if policy is not None and routed and sweep:
-        for t in sorted({*sweep, policy.threshold}):
-            swept_policy = RoutingPolicy(t, policy.top_k)
-            swept = trace if t == policy.threshold else run_traces(model, data, mean, std, batch_size, swept_policy)
-            sweep_rows.append({"threshold": float(t), **_summary(swept, data.labels)})
+        if policy.budget is not None:
+            points = [replace(policy, budget=c) for c in sorted({*SWEEP_BUDGETS, policy.budget})]
+        else:
+            points = [replace(policy, threshold=t) for t in sorted({*sweep, policy.threshold})]
+        for point in points:
+            swept = trace if point == policy else run_traces(model, data, mean, std, batch_size, point)
+            row = {"threshold": float(point.threshold), **_summary(swept, data.labels)}
+            sweep_rows.append(row if point.budget is None else {"budget": point.budget, **row})
     flops = trace.flops.double().numpy()
     totals = _summary(trace, data.labels)
     by_class, by_cell = _branch_usage(trace, data.labels, checkpoint.class_names)
@@ -273,6 +279,7 @@ def evaluate(
         "n": len(data),
         "threshold": policy.threshold if policy else None,
         "top_k": policy.top_k if policy else None,
+        "budget": policy.budget if policy else None,
         "accuracy": totals["accuracy"],
         "flops_mean": totals["flops_mean"],
         "flops_p50": float(np.percentile(flops, 50)),
@@ -296,7 +303,8 @@ def evaluate(
 
 def sweep_csv(rows: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(SWEEP_COLUMNS), extrasaction="ignore", lineterminator="\n")
+    columns = (["budget"] if rows and "budget" in rows[0] else []) + list(SWEEP_COLUMNS)
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
@@ -349,14 +357,15 @@ def format_summary(result: dict[str, Any]) -> str:
             f"{routing['class_entropy_bits']:.3f} (class entropy)",
         ]
     if result["sweep"]:
+        knob = "budget" if "budget" in result["sweep"][0] else "threshold"
         lines += [
             "",
-            "threshold sweep:",
-            f"  {'threshold':>9} {'accuracy':>9} {'MFLOPs (2×MACs)':>16} {'params used':>12}",
+            f"{knob} sweep:",
+            f"  {knob:>9} {'accuracy':>9} {'MFLOPs (2×MACs)':>16} {'params used':>12}",
         ]
         for row in result["sweep"]:
             lines.append(
-                f"  {row['threshold']:>9.2f} {row['accuracy']:>9.4f} {row['flops_mean'] / m:>16.3f} "
+                f"  {row[knob]:>9.2f} {row['accuracy']:>9.4f} {row['flops_mean'] / m:>16.3f} "
                 f"{row['params_used_mean']:>12,.0f}"
             )
     return "\n".join(lines)
@@ -404,7 +413,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data = load_dataset(name, args.split, args.data_root).subset(args.limit)
     result = evaluate(
         checkpoint, data, args.threshold, args.top_k, args.batch_size,
-        split=args.split, sweep=SWEEP_THRESHOLDS if args.sweep else None,
+        split=args.split, sweep=SWEEP_THRESHOLDS if args.sweep else None, budget=args.budget,
     )  # fmt: skip
     written = write_results(Path(args.out), result) if args.out else []
     print(json.dumps(result) if args.json else format_summary(result))
@@ -433,6 +442,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N images")
     p.add_argument("--threshold", type=unit_float, default=None, help="routing threshold t (default: the model's)")
     p.add_argument("--top-k", type=positive_int, default=None, help="keep at most k branches per edge")
+    p.add_argument("--budget", type=open_unit_float, default=None,
+                   help="share of the routed branches' FLOPs to aim at (DRNets with budget-conditioned routers)")  # fmt: skip
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument(
         "--device", type=_device, default=None, help="cpu, cuda, cuda:1, ... (default: the GPU if there is one)"

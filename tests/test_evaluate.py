@@ -19,7 +19,7 @@ from drnets.evaluate import SWEEP_THRESHOLDS, evaluate
 from drnets.model import create_model
 
 TOP_KEYS = {
-    "model", "dataset", "split", "n", "threshold", "top_k", "accuracy", "flops_mean", "flops_p50", "flops_p90",
+    "model", "dataset", "split", "n", "threshold", "top_k", "budget", "accuracy", "flops_mean", "flops_p50", "flops_p90",
     "flops_p99", "flops_min", "flops_max", "params_used_mean", "dense_flops", "dense_params", "seconds",
     "per_class", "difficulty", "branch_usage", "cell_usage", "extremes", "routing", "sweep",
 }  # fmt: skip

@@ -113,3 +113,22 @@ def test_each_step_trains_the_largest_the_smallest_and_a_random_budget() -> None
 def test_the_cost_term_waits_for_the_warmup_then_ramps() -> None:
     assert [cost_ramp(s, 100, 0.3) for s in (0, 29, 30, 35, 40, 99)] == pytest.approx([0.0, 0.0, 0.0, 0.5, 1.0, 1.0])
     assert cost_ramp(0, 100, 0.0) == 1.0
+
+
+def test_a_budgeted_drnet_is_evaluated_over_budgets(tiny_model, tmp_path) -> None:
+    """eval.json and sweep.csv of a budget-conditioned DRNet: one row per budget, its own included."""
+    from drnets.checkpoint import load_checkpoint, save_checkpoint
+    from drnets.data import FASHION_MNIST_CLASSES, load_dataset
+    from drnets.evaluate import SWEEP_BUDGETS, evaluate, sweep_csv
+
+    training = {"dataset": "fashion-mnist", "mean": [0.286], "std": [0.353], "input_size": [1, 28, 28]}
+    folder = save_checkpoint(
+        tmp_path / "b", tiny_model(spread=False, **SIGMOID, budget=0.12), "drnet", FASHION_MNIST_CLASSES, training
+    )
+    data = load_dataset("fashion-mnist", "test").subset(64)
+    result = evaluate(load_checkpoint(folder), data, budget=0.2)
+    assert result["budget"] == 0.2
+    assert [row["budget"] for row in result["sweep"]] == sorted({*SWEEP_BUDGETS, 0.2})
+    assert sweep_csv(result["sweep"]).splitlines()[0] == "budget,threshold,accuracy,flops_mean,params_used_mean"
+    flops = [row["flops_mean"] for row in result["sweep"]]
+    assert flops[-1] > flops[0]
