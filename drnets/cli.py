@@ -53,7 +53,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
     from .data import DATASETS
-    from .train import COST_SCALINGS, DIFFICULTY_RANKINGS, LAYOUTS, TrainConfig
+    from .train import AUGMENTATIONS, COST_SCALINGS, DIFFICULTY_RANKINGS, LAYOUTS, TrainConfig
 
     p = sub.add_parser("train", help="train a model and write a checkpoint folder")
     d = TrainConfig()
@@ -64,6 +64,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--data", choices=DATASETS, default=d.data)
     g.add_argument("--data-root", default=None, help="data folder (default: the Debian Fashion-MNIST files)")
     g.add_argument("--limit", type=int, default=None, help="use only the first N training images")
+    g.add_argument("--augment", choices=AUGMENTATIONS, default=d.augment,
+                   help="crop-flip, or photo: also scale, tilt, shift, contrast, blur, noise and mask errors")  # fmt: skip
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=positive_int, default=d.epochs)
     g.add_argument("--batch-size", type=positive_int, default=d.batch_size)

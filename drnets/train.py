@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .augment import photo_augment
 from .checkpoint import atomic_write, atomic_write_text, save_checkpoint
 from .data import ImageSet, augment, load_dataset, normalization, to_input
 from .device import cudnn_suits_training, pick_device
@@ -47,6 +48,7 @@ STATE_KEYS = {"model", "optimizer", "scheduler", "epoch", "history"}
 RESUMABLE_CHANGES = ("out", "log_every", "data_root", "cudnn", "layout")
 COST_SCALINGS = ("uniform", "confidence", "rank")
 DIFFICULTY_RANKINGS = ("image", "class")  # what difficulty_loss ranks: each image, or each image's class
+AUGMENTATIONS = ("crop-flip", "photo")  # photo = crop-flip, then drnets.augment.photo_augment
 LAYOUTS = ("channels_last", "nchw")  # memory formats a GPU may train in (bench/ takes the same --layout)
 
 
@@ -91,6 +93,7 @@ class TrainConfig:
     cost_warmup: float = 0.0
     seed: int = 0
     limit: int | None = None  # train on the first N images only (smoke tests)
+    augment: str = "crop-flip"  # "photo" adds what upload preprocessing cannot undo (drnets.augment)
     model_overrides: str = "{}"  # JSON dict of model-config overrides, e.g. '{"channels": 16}'
     log_every: int = 50
     # CUDA only, how to run rather than what to learn: True/False forces cuDNN's convolutions on or
@@ -103,6 +106,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.cost_scaling not in COST_SCALINGS:
             raise ValueError(f"cost_scaling must be one of {', '.join(COST_SCALINGS)}, got {self.cost_scaling!r}")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
         if self.layout is not None and self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if self.difficulty_by not in DIFFICULTY_RANKINGS:
@@ -193,10 +198,18 @@ def epoch_order(n: int, seed: int, epoch: int, rank: int, world: int) -> torch.T
 
 
 def make_batch(
-    data: ImageSet, idx: torch.Tensor, gen: torch.Generator, mean: tuple[float, ...], std: tuple[float, ...]
+    data: ImageSet,
+    idx: torch.Tensor,
+    gen: torch.Generator,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    augmentation: str = "crop-flip",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Augmented, normalised inputs [B, C, H, W] and labels [B] for the samples ``idx``."""
-    return to_input(augment(data.images[idx], gen), mean, std), data.labels[idx]
+    images = augment(data.images[idx], gen)
+    if augmentation == "photo":
+        images = photo_augment(images, gen)
+    return to_input(images, mean, std), data.labels[idx]
 
 
 def build_model(cfg: TrainConfig, data: ImageSet) -> nn.Module:
@@ -465,7 +478,7 @@ def fit(
         started = time.perf_counter()
         bar = tqdm(range(per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and ctx.is_main))
         for i in bar:
-            x, y = make_batch(data, order[i * cfg.batch_size : (i + 1) * cfg.batch_size], gen, mean, std)
+            x, y = make_batch(data, order[i * cfg.batch_size : (i + 1) * cfg.batch_size], gen, mean, std, cfg.augment)
             x, y = x.to(ctx.device), y.to(ctx.device)
             if nhwc:
                 x = x.contiguous(memory_format=torch.channels_last)
