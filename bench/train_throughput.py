@@ -23,8 +23,9 @@ import torch
 
 from drnets.argtypes import positive_int
 from drnets.device import cudnn_enabled, cudnn_suits_training
+from drnets.losses import training_loss
 from drnets.model import DRNet
-from drnets.train import TrainConfig, build_optimizer, training_loss
+from drnets.train import TrainConfig, build_optimizer
 
 from .common import (
     MODELS,

@@ -24,14 +24,12 @@ import math
 import os
 import pickle
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -39,8 +37,8 @@ from .augment import photo_augment
 from .checkpoint import atomic_write, atomic_write_text, save_checkpoint
 from .data import ImageSet, augment, load_dataset, normalization, to_input
 from .device import cudnn_suits_training, pick_device
+from .losses import budget_step, cost_ramp, training_loss
 from .model import DRNet, create_model
-from .router import RoutingPolicy
 
 STATE_FILE = "train_state.pt"
 STATE_KEYS = {"model", "optimizer", "scheduler", "epoch", "history"}
@@ -228,126 +226,6 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, total_steps: int):
 
 def steps_per_epoch(n: int, world_size: int, batch_size: int) -> int:
     return math.ceil(math.ceil(n / world_size) / batch_size)
-
-
-def training_loss(
-    model: nn.Module, logits: torch.Tensor, trace, labels: torch.Tensor, cfg: TrainConfig, h: int, w: int
-):
-    """(loss to minimise, cross-entropy part); ``model`` may be wrapped in DDP."""
-    ce = F.cross_entropy(logits, labels)
-    core = model.module if hasattr(model, "module") else model
-    if isinstance(core, DRNet) and core.config.dynamic and cfg.cost_weight > 0:
-        cost = core.cost_table(h, w).expected_flops_fraction(trace.gates, cfg.pool_price).float()  # [B]
-        loss = ce + cfg.cost_weight * (cost * cost_scale(logits, labels, cfg)).mean()
-        if cfg.difficulty_spread > 0:
-            loss = loss + difficulty_loss(cost, logits, labels, cfg.difficulty_spread, cfg.difficulty_by)
-        return loss, ce
-    return ce, ce
-
-
-def cost_ramp(step: int, total: int, warmup: float) -> float:
-    """0 before ``warmup`` x total steps, then linearly to 1 over the next tenth of the run."""
-    return min(1.0, max(0.0, (step / max(1, total) - warmup) / 0.1)) if warmup > 0 else 1.0
-
-
-def step_budgets(cfg: TrainConfig) -> list[float]:
-    """The budgets one step trains, largest first (from the global RNG, which each epoch reseeds)."""
-    c = cfg.budget_min + (cfg.budget_max - cfg.budget_min) * float(torch.rand(()))
-    return [cfg.budget_max, cfg.budget_min, c] if cfg.sandwich else [c]
-
-
-def budget_loss(
-    model: nn.Module,
-    logits: torch.Tensor,
-    trace,
-    labels: torch.Tensor,
-    budget: float,
-    teacher: torch.Tensor | None,
-    cfg: TrainConfig,
-    ramp: float,
-    h: int,
-    w: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, cross-entropy) of one budget's pass: labels (and the teacher's answers, for every budget
-    but the largest), the batch-mean expected cost pulled to ``budget``, and the difficulty term."""
-    ce = F.cross_entropy(logits, labels)
-    loss = ce
-    if teacher is not None:
-        kd = F.kl_div(logits.float().log_softmax(1), teacher.float().softmax(1), reduction="batchmean")
-        loss = 0.5 * (ce + kd)
-    core = model.module if hasattr(model, "module") else model
-    cost = core.cost_table(h, w).expected_flops_fraction(trace.gates, cfg.pool_price).float()  # [B]
-    loss = loss + ramp * cfg.cost_weight * (cost.mean() - budget) ** 2
-    if cfg.difficulty_spread > 0:
-        loss = loss + ramp * difficulty_loss(cost, logits, labels, cfg.difficulty_spread, cfg.difficulty_by)
-    return loss, ce
-
-
-def budget_step(
-    net: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    policy: RoutingPolicy,
-    cfg: TrainConfig,
-    ramp: float,
-    scale: Callable[[torch.Tensor], torch.Tensor],
-    autocast: Callable[[], Any],
-    size: tuple[int, int],
-) -> tuple[torch.Tensor, Any, torch.Tensor]:
-    """One step's passes, one per budget of ``step_budgets``, each backpropagated before the next (one
-    graph in memory at a time); the gradients add up for one optimizer step. Returns the largest
-    budget's (logits, trace, cross-entropy) for the logs."""
-    largest = None
-    for budget in step_budgets(cfg):
-        with autocast():
-            logits, trace = net(x, replace(policy, budget=budget))
-            teacher = largest[0] if largest is not None else None
-            loss, ce = budget_loss(net, logits, trace, y, budget, teacher, cfg, ramp, *size)
-        scale(loss).backward()
-        if largest is None:
-            largest = (logits.detach(), trace, ce.detach())
-    return largest
-
-
-def label_probability(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """[B]: the model's (detached) probability of each image's label, its confidence."""
-    return logits.detach().float().softmax(1).gather(1, labels[:, None]).squeeze(1)
-
-
-def confidence_rank(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """[B] in [0, 1]: each image's rank in the batch by ``label_probability``; 1 = most confident."""
-    return label_probability(logits, labels).argsort().argsort().float() / max(len(labels) - 1, 1)
-
-
-def class_confidence_rank(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """[B] in [0, 1]: the rank of each image's class among the batch's classes by the model's mean
-    (detached) probability of the label; every image of a class gets its class's rank, 1 = easiest."""
-    p_true = label_probability(logits, labels)
-    classes, index = labels.unique(return_inverse=True)
-    class_mean = torch.zeros(len(classes), device=p_true.device).index_add_(0, index, p_true)
-    class_mean = class_mean / torch.bincount(index, minlength=len(classes)).float()
-    return (class_mean.argsort().argsort().float() / max(len(classes) - 1, 1))[index]
-
-
-def difficulty_loss(
-    cost: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, spread: float, by: str = "image"
-) -> torch.Tensor:
-    """Pull each image's cost, relative to the batch mean, towards 1 + spread for the hardest image
-    (or class, ``by="class"``) of the batch down to 1 - spread for the easiest: the router is asked
-    to spend where the model struggles, and must tell such inputs apart to do so."""
-    rank = class_confidence_rank(logits, labels) if by == "class" else confidence_rank(logits, labels)
-    target = 1 + spread * (1 - 2 * rank)
-    return ((cost / cost.mean().detach().clamp_min(1e-6) - target) ** 2).mean()
-
-
-def cost_scale(logits: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    """Per-image multiplier [B] (mean 1) on the cost term: how much easy images pay relative to hard ones."""
-    if cfg.cost_scaling == "uniform":
-        return torch.ones(len(labels), device=logits.device)
-    if cfg.cost_scaling == "confidence":
-        p_true = label_probability(logits, labels)
-        return p_true / p_true.mean().clamp_min(1e-6)
-    return 1 + cfg.cost_contrast * (2 * confidence_rank(logits, labels) - 1)
 
 
 def weights_digest(model: nn.Module) -> str:

@@ -23,6 +23,7 @@ from fakedata import TINY_DRNET, write_idx_dataset
 
 from drnets.checkpoint import load_checkpoint
 from drnets.data import load_dataset, normalization
+from drnets.losses import training_loss
 from drnets.router import RoutingPolicy
 from drnets.train import (
     TrainConfig,
@@ -34,7 +35,6 @@ from drnets.train import (
     seed_everything,
     steps_per_epoch,
     temperature_at,
-    training_loss,
 )
 
 WORLD = 2

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from drnets.inference import for_inference
+from drnets.losses import cost_ramp, step_budgets
 from drnets.model import create_model, policy_with
 from drnets.router import Router, RoutingPolicy, branch_scale, gate_values
-from drnets.train import TrainConfig, cost_ramp, step_budgets
+from drnets.train import TrainConfig
 
 SIGMOID = {"router_input": "cell", "gate": "sigmoid", "open_bias": 2.0, "budgeted": True, "threshold": 0.5}
 

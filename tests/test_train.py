@@ -186,7 +186,8 @@ def test_resume_refuses_an_unreadable_state(
 
 def test_cost_scaling_charges_each_image_by_how_easy_the_model_finds_it(tiny_model, mixed_batch) -> None:
     """The loss equals CE + lambda * mean(cost_i * s_i), s_i the image's scale (mean 1) from its true-class probability."""
-    from drnets.train import TrainConfig, training_loss
+    from drnets.losses import training_loss
+    from drnets.train import TrainConfig
 
     model = tiny_model().train()
     x = mixed_batch()
@@ -225,7 +226,8 @@ def test_unknown_cost_scaling_is_refused() -> None:
 
 
 def test_difficulty_loss_pulls_costs_towards_a_spread_by_confidence_rank() -> None:
-    from drnets.train import TrainConfig, difficulty_loss
+    from drnets.losses import difficulty_loss
+    from drnets.train import TrainConfig
 
     labels = torch.zeros(3, dtype=torch.long)
     logits = torch.tensor([[5.0, 0, 0], [0, 0, 0], [0, 0, 5.0]])  # confident, unsure, wrong: easiest first
@@ -244,7 +246,7 @@ def test_difficulty_loss_pulls_costs_towards_a_spread_by_confidence_rank() -> No
 
 
 def test_class_difficulty_ranks_every_image_by_its_classs_mean_confidence() -> None:
-    from drnets.train import class_confidence_rank, difficulty_loss
+    from drnets.losses import class_confidence_rank, difficulty_loss
 
     # Class 0: one confident and one unsure image (mean ~0.66); class 1 confident; class 2 wrong.
     logits = torch.tensor([[5.0, 0, 0], [0, 0, 0], [0, 5.0, 0], [0, 5.0, 0]])
