@@ -1,4 +1,5 @@
-"""The one ``drnets`` command: ``info``, ``train``, ``eval``, ``predict``, ``photos``, ``photos-eval``.
+"""The one ``drnets`` command: ``info``, ``train``, ``eval``, ``predict``, ``photos``, ``photos-eval``,
+``calibrate``, ``nongarments``, ``ood-eval``.
 
 Subcommands are thin: they parse flags and call the library.
 """
@@ -10,7 +11,7 @@ import json
 import sys
 from dataclasses import fields
 
-from . import evaluate, photos, predict, samples
+from . import evaluate, nongarments, ood, photos, predict, samples
 from .argtypes import positive_int
 from .inference import keep_freed_memory
 from .model import create_model, list_models
@@ -119,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_parser(sub)
     predict.add_parser(sub)
     photos.add_parsers(sub)
+    ood.add_parser(sub)
+    nongarments.add_parsers(sub)
     return parser
 
 

@@ -1,5 +1,9 @@
 """``drnets predict``: classify image files with a checkpoint, preprocessed exactly as app uploads are.
 
+With a ``calibration.json`` beside the checkpoint (``drnets calibrate``) every answer also says whether
+the image looks like the training data (``in_distribution``, ``ood_score``) and gives the probability
+after temperature scaling (``calibrated_probability``); without one they are None and the text says so.
+
 Each file is read, checked and prepared on its own, so one unreadable file costs only its
 own line. Exit status: 0 if at least one image was classified, 1 if none was (every file
 failed), 2 for bad flags or an unusable checkpoint (argparse's and ``cli.main``'s code).
@@ -19,6 +23,7 @@ from .argtypes import open_unit_float, positive_int, unit_float
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from .inference import for_inference
 from .model import policy_with
+from .ood import NOT_GARMENT, UNCALIBRATED, Calibration, judge, load_calibration, pooled_features
 from .router import RoutingPolicy
 from .upload import UploadError, check_size, prepare_upload
 
@@ -58,11 +63,13 @@ def predict_file(
     top_k: int = 3,
     policy: RoutingPolicy | None = None,
     model: torch.nn.Module | None = None,
+    calibration: Calibration | None = None,
 ) -> dict[str, Any]:
     """One JSON-ready result: the prediction and its cost under ``policy``, or ``{file, error}``.
 
     ``model``: what runs the image (default: the checkpoint's plain model; the CLI passes its
-    ``for_inference`` twin, built once for every file)."""
+    ``for_inference`` twin, built once for every file). ``calibration``: the checkpoint's
+    (``drnets.ood.load_calibration``); None gives ``in_distribution`` and ``ood_score`` None."""
     input_size, mean, std = preprocessing(checkpoint)
     try:
         prepared = prepare_upload(read_upload(path), input_size, mean, std)
@@ -75,10 +82,17 @@ def predict_file(
     probs = trace.probs[0]
     top = probs.topk(min(top_k, len(probs)))
     names = checkpoint.class_names
+    features = pooled_features(checkpoint.model, prepared.tensor, policy) if calibration is not None else None
+    calibrated, scores, inside = judge(calibration, trace.logits.detach().cpu(), features)
     return {
         "file": str(path),
         "top1": names[int(top.indices[0])],
         "probability": float(top.values[0]),
+        "calibrated_probability": float(calibrated[0, top.indices[0]]) if calibration is not None else None,
+        "temperature": calibration.temperature if calibration is not None else None,
+        "in_distribution": bool(inside[0]) if inside is not None else None,
+        "ood_score": float(scores[0]) if scores is not None else None,
+        "ood_threshold": calibration.threshold if calibration is not None else None,
         "flops": int(trace.flops[0]),
         "params": int(trace.params[0]),
         "dense_flops": int(trace.dense_flops),
@@ -93,21 +107,29 @@ def predict_file(
 def cmd_predict(args: argparse.Namespace) -> int:
     checkpoint = load_checkpoint(args.checkpoint)
     policy = policy_with(checkpoint.model, args.threshold, budget=args.budget)
+    calibration = load_calibration(checkpoint)
     fast = for_inference(checkpoint.model)
-    results = [predict_file(checkpoint, Path(p), args.top_k, policy, fast) for p in args.images]
+    results = [predict_file(checkpoint, Path(p), args.top_k, policy, fast, calibration) for p in args.images]
     if args.json:
         print(json.dumps(results, indent=2))
     else:
+        if calibration is None:
+            print(f"drnets predict: {checkpoint.path}: {UNCALIBRATED}", file=sys.stderr)
         for row in results:
-            _print_result(row)
+            _print_result(row, len(checkpoint.class_names))
     return 0 if any("error" not in row for row in results) else 1
 
 
-def _print_result(row: dict[str, Any]) -> None:
+def _print_result(row: dict[str, Any], classes: int) -> None:
     if "error" in row:
         print(f"drnets predict: {row['file']}: error: {row['error']}", file=sys.stderr)
         return
-    print(f"{row['file']}: {row['top1']} ({row['probability']:.1%})")
+    if row["in_distribution"] is False:
+        print(f"{row['file']}: {NOT_GARMENT.format(n=classes)} (closest: {row['top1']})")
+    elif row["calibrated_probability"] is not None:
+        print(f"{row['file']}: {row['top1']} ({row['calibrated_probability']:.1%}, calibrated)")
+    else:
+        print(f"{row['file']}: {row['top1']} ({row['probability']:.1%})")
     ranked = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in row["topk"])
     print(f"  top-{len(row['topk'])}: {ranked}")
     share = row["flops"] / row["dense_flops"]
@@ -115,6 +137,9 @@ def _print_result(row: dict[str, Any]) -> None:
         f"  FLOPs (2×MACs): {row['flops']:,} of {row['dense_flops']:,} dense ({share:.1%}); "
         f"params used: {row['params']:,} of {row['dense_params']:,}"
     )
+    if row["ood_score"] is not None:
+        verdict = "like the training data" if row["in_distribution"] else "unlike the training data"
+        print(f"  out-of-distribution score: {row['ood_score']:.1f} (threshold {row['ood_threshold']:.1f}: {verdict})")
     if row["notes"]:
         print(f"  preprocessing: {'; '.join(row['notes'])}")
 

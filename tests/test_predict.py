@@ -64,6 +64,8 @@ def test_json_lists_every_file_with_a_prediction_or_an_error(checkpoint, images,
     good, broken, photo, missing, text = rows
     for row in (good, photo):
         assert set(row) >= {"file", "top1", "probability", "flops", "params", "topk"}
+        assert set(row) >= {"in_distribution", "ood_score", "calibrated_probability"}
+        assert row["in_distribution"] is None and row["ood_score"] is None  # no calibration.json: no verdict
         probs = [t["probability"] for t in row["topk"]]
         assert len(probs) == 4 and probs == sorted(probs, reverse=True)
         assert row["top1"] == row["topk"][0]["class"] and row["probability"] == probs[0]

@@ -1,0 +1,330 @@
+"""A seeded set of images that are not garments, to measure how often a model notices.
+
+People upload what they have at hand: a screenshot, a drawing, a blank page, a photo of their
+desk. Every kind here is something a Fashion-MNIST classifier has never seen, drawn the way an
+upload would arrive (a phone-sized frame, PNG for drawings, JPEG for photo-like scenes):
+
+- ``noise``: per-pixel random colours, plain or smoothed into blotches;
+- ``flat``: one colour, or a linear / radial gradient between two;
+- ``shapes``: circles, rectangles, triangles and lines in bright colours on a plain surface;
+- ``text``: a few big words in PIL's default bitmap font, scaled up, dark on light or reversed;
+- ``smiley``: a drawn face (circle, eyes, a smiling arc) on a plain or tinted surface;
+- ``texture``: a bare surface: woven fabric, wood grain or blotches, nothing on it;
+- ``desk``: a synthetic desk seen from above: a wooden top with a keyboard, a mug, papers, a phone.
+
+``write_nongarments(out, n, seed)`` writes the files and ``kinds.csv``; image i is of kind
+``KINDS[i % len(KINDS)]`` and is drawn by a generator seeded with (seed, i), so a seed always
+gives the same files and every kind is equally common.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from .argtypes import positive_int
+from .photos import make_background
+
+KINDS = ("noise", "flat", "shapes", "text", "smiley", "texture", "desk")
+FRAMES = ((800, 600), (600, 800), (640, 640))
+KINDS_CSV = "kinds.csv"
+WORDS = ("HELLO", "SALE", "NOTE", "TODO", "DRNETS", "42", "MENU", "EXIT", "OK", "MONDAY", "A4", "STOP")
+
+
+def write_nongarments(out: Path | str, n: int = 210, seed: int = 0) -> list[tuple[str, str]]:
+    """Write ``n`` images and ``kinds.csv`` (file, kind) to ``out``; returns the rows."""
+    if n < 1:
+        raise ValueError(f"--n must be at least 1, got {n}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        kind = KINDS[i % len(KINDS)]
+        name, data = render_nongarment(kind, np.random.default_rng([seed, i]), i)
+        (out / name).write_bytes(data)
+        rows.append((name, kind))
+    with open(out / KINDS_CSV, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["file", "kind"])
+        writer.writerows(rows)
+    return rows
+
+
+def read_kinds(folder: Path | str) -> list[tuple[str, str]]:
+    with open(Path(folder) / KINDS_CSV, newline="") as fh:
+        return [(row["file"], row["kind"]) for row in csv.DictReader(fh)]
+
+
+def render_nongarment(kind: str, rng: np.random.Generator, index: int = 0) -> tuple[str, bytes]:
+    """(file name, encoded bytes) of one image of ``kind``."""
+    w, h = FRAMES[int(rng.integers(len(FRAMES)))]
+    draw = {
+        "noise": _noise,
+        "flat": _flat,
+        "shapes": _shapes,
+        "text": _text,
+        "smiley": _smiley,
+        "texture": _texture,
+        "desk": _desk,
+    }
+    if kind not in draw:
+        raise ValueError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
+    image = draw[kind](w, h, rng)
+    buffer = io.BytesIO()
+    if kind in ("texture", "desk", "noise"):
+        image.save(buffer, "JPEG", quality=int(rng.integers(70, 92)))
+        return f"{index:04d}_{kind}.jpg", buffer.getvalue()
+    image.save(buffer, "PNG")
+    return f"{index:04d}_{kind}.png", buffer.getvalue()
+
+
+def _colour(rng: np.random.Generator, low: int = 0, high: int = 256) -> tuple[int, int, int]:
+    return tuple(int(v) for v in rng.integers(low, high, 3))  # type: ignore[return-value]
+
+
+def _noise(w: int, h: int, rng: np.random.Generator) -> Image.Image:
+    cells = int(rng.choice([1, 1, 4, 16]))  # 1: per-pixel noise; larger: blotches of that size
+    small = rng.integers(0, 256, (h // cells, w // cells, 3), dtype=np.uint8)
+    if rng.uniform() < 0.5:
+        small = np.repeat(small.mean(axis=2, keepdims=True).astype(np.uint8), 3, axis=2)
+    image = Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC if cells > 1 else Image.Resampling.NEAREST)
+    return image
+
+
+def _flat(w: int, h: int, rng: np.random.Generator) -> Image.Image:
+    a, b = np.array(_colour(rng), np.float32), np.array(_colour(rng), np.float32)
+    style = rng.choice(["plain", "linear", "radial"])
+    if style == "plain":
+        return Image.new("RGB", (w, h), tuple(int(v) for v in a))
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    if style == "linear":
+        angle = rng.uniform(0, 2 * np.pi)
+        t = (x / w - 0.5) * np.cos(angle) + (y / h - 0.5) * np.sin(angle) + 0.5
+    else:
+        cx, cy = rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h
+        t = np.sqrt((x - cx) ** 2 + (y - cy) ** 2) / np.hypot(w, h)
+    t = np.clip(t, 0, 1)[..., None]
+    return Image.fromarray((a * (1 - t) + b * t).astype(np.uint8))
+
+
+def _shapes(w: int, h: int, rng: np.random.Generator) -> Image.Image:
+    image = Image.new("RGB", (w, h), _colour(rng, 180, 256))
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(1, 6))):
+        x0, y0 = rng.uniform(0, 0.7) * w, rng.uniform(0, 0.7) * h
+        size = rng.uniform(0.15, 0.45) * min(w, h)
+        box = (x0, y0, x0 + size, y0 + size * rng.uniform(0.5, 1.5))
+        shape, fill = rng.choice(["ellipse", "rectangle", "triangle", "line"]), _colour(rng, 0, 200)
+        if shape == "ellipse":
+            draw.ellipse(box, fill=fill)
+        elif shape == "rectangle":
+            draw.rectangle(box, fill=fill)
+        elif shape == "triangle":
+            draw.polygon([(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) / 2, box[1])], fill=fill)
+        else:
+            draw.line(box, fill=fill, width=int(rng.integers(6, 30)))
+    return image
+
+
+def _text(w: int, h: int, rng: np.random.Generator) -> Image.Image:
+    words = " ".join(rng.choice(WORDS, int(rng.integers(1, 3))))
+    ink, paper = (_colour(rng, 0, 80), _colour(rng, 200, 256))
+    if rng.uniform() < 0.3:
+        ink, paper = paper, ink
+    font = ImageFont.load_default_imagefont()
+    left, top, right, bottom = font.getbbox(words)
+    small = Image.new("RGB", (right - left + 4, bottom - top + 4), paper)
+    ImageDraw.Draw(small).text((2 - left, 2 - top), words, fill=ink, font=font)
+    scale = rng.uniform(0.5, 0.9) * w / small.width
+    big = small.resize((int(small.width * scale), max(1, int(small.height * scale))), Image.Resampling.NEAREST)
+    image = Image.new("RGB", (w, h), paper)
+    x = int(rng.uniform(0, max(1, w - big.width)))
+    y = int(rng.uniform(0, max(1, h - big.height)))
+    image.paste(big, (x, y))
+    return image
+
+
+def _smiley(w: int, h: int, rng: np.random.Generator) -> Image.Image:
+    image = Image.new("RGB", (w, h), _colour(rng, 170, 256))
+    draw = ImageDraw.Draw(image)
+    r = rng.uniform(0.2, 0.4) * min(w, h)
+    cx, cy = w / 2 + rng.uniform(-0.1, 0.1) * w, h / 2 + rng.uniform(-0.1, 0.1) * h
+    line = max(3, int(r / 12))
+    face, ink = rng.choice([(255, 214, 0), (250, 250, 250), tuple(_colour(rng, 100, 256))]), (20, 20, 20)
+    draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=tuple(int(v) for v in face), outline=ink, width=line)
+    for side in (-1, 1):
+        ex, ey, er = cx + side * 0.35 * r, cy - 0.3 * r, 0.1 * r
+        draw.ellipse((ex - er, ey - er * 1.5, ex + er, ey + er * 1.5), fill=ink)
+    draw.arc((cx - 0.55 * r, cy - 0.4 * r, cx + 0.55 * r, cy + 0.6 * r), 20, 160, fill=ink, width=line)
+    return image
+
+
+def _texture(w: int, h: int, rng: np.random.Generator) -> Image.Image:
+    kind = str(rng.choice(["fabric", "wood", "plain", "coloured", "dark"]))
+    return _to_image(make_background(kind, h, w, rng))
+
+
+def _desk(w: int, h: int, rng: np.random.Generator) -> Image.Image:
+    top = _to_image(make_background(str(rng.choice(["wood", "coloured", "plain"])), h, w, rng))
+    draw = ImageDraw.Draw(top)
+    s = min(w, h)
+    # papers: light rectangles with grey text lines
+    for _ in range(int(rng.integers(1, 3))):
+        x0, y0 = rng.uniform(0, 0.6) * w, rng.uniform(0, 0.6) * h
+        pw, ph = rng.uniform(0.25, 0.4) * s, rng.uniform(0.3, 0.5) * s
+        draw.rectangle((x0, y0, x0 + pw, y0 + ph), fill=_colour(rng, 225, 256))
+        for k in range(int(ph // 18)):
+            yy = y0 + 12 + 18 * k
+            draw.line((x0 + 10, yy, x0 + pw * rng.uniform(0.5, 0.9), yy), fill=(120, 120, 120), width=3)
+    # keyboard: a dark slab with a grid of keys
+    kx, ky = rng.uniform(0, 0.3) * w, rng.uniform(0.5, 0.7) * h
+    kw, kh = 0.65 * w, 0.22 * h
+    draw.rounded_rectangle((kx, ky, kx + kw, ky + kh), radius=8, fill=_colour(rng, 20, 70))
+    for row in range(4):
+        for col in range(12):
+            x0, y0 = kx + 6 + col * (kw - 12) / 12, ky + 6 + row * (kh - 12) / 4
+            draw.rectangle((x0, y0, x0 + (kw - 12) / 12 - 4, y0 + (kh - 12) / 4 - 4), fill=_colour(rng, 60, 110))
+    # mug from above: a ring with a handle; phone: a black rounded slab
+    mx, my, mr = rng.uniform(0.6, 0.85) * w, rng.uniform(0.1, 0.4) * h, 0.09 * s
+    mug = _colour(rng, 40, 256)
+    draw.rectangle((mx + mr * 0.8, my - mr * 0.2, mx + mr * 1.4, my + mr * 0.2), fill=mug)
+    draw.ellipse((mx - mr, my - mr, mx + mr, my + mr), fill=mug)
+    draw.ellipse((mx - 0.75 * mr, my - 0.75 * mr, mx + 0.75 * mr, my + 0.75 * mr), fill=(70, 40, 20))
+    px, py = rng.uniform(0.05, 0.5) * w, rng.uniform(0.05, 0.3) * h
+    draw.rounded_rectangle((px, py, px + 0.1 * s, py + 0.2 * s), radius=10, fill=(15, 15, 18))
+    return top.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
+
+
+def _to_image(rgb: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
+
+
+# ---- measuring how often each model notices ----
+
+
+def evaluate_ood(
+    models: Path | str,
+    nongarments: Path | str,
+    photos: Path | str | None = None,
+    data_root: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Per checkpoint folder under ``models``: the share of non-garments, of held-out Fashion-MNIST test
+    images and of garment photos flagged, the AUROC (non-garments vs held-out test images), and the
+    held-out ECE before and after temperature scaling.
+
+    Uploads are scored as the app and the CLI score them: after ``prepare_upload``. A folder without
+    calibration.json is calibrated in memory (``"calibration": "fitted now"``), nothing is written.
+    """
+    from . import ood
+    from .checkpoint import load_checkpoint
+    from .data import load_dataset, to_input
+    from .model import policy_with
+    from .photos import read_labels
+    from .predict import preprocessing
+    from .upload import prepare_upload
+
+    folders = sorted(p.parent for p in Path(models).glob("*/config.json"))
+    if not folders:
+        raise FileNotFoundError(f"no checkpoint folders (*/config.json) under {models}")
+    kinds = read_kinds(nongarments)
+    kind_of = np.array([k for _, k in kinds])
+    photo_files = [Path(photos) / row.file for row in read_labels(photos)] if photos else []
+    test = load_dataset("fashion-mnist", "test", data_root)
+    _, held = ood.split_halves(len(test.labels))
+    prepared: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    result: dict = {"nongarments": str(nongarments), "photos": str(photos) if photos else None, "models": {}}
+    result |= {"n_nongarments": len(kinds), "n_photos": len(photo_files), "n_held_out": len(held)}
+    for folder in folders:
+        checkpoint = load_checkpoint(folder)
+        key = preprocessing(checkpoint)
+        if key not in prepared:
+            ng = torch.cat([prepare_upload((Path(nongarments) / f).read_bytes(), *key).tensor for f, _ in kinds])
+            ph = torch.cat([prepare_upload(p.read_bytes(), *key).tensor for p in photo_files]) if photo_files else None
+            prepared[key] = (ng, ph)
+        ng, ph = prepared[key]
+        calibration, source = ood.load_calibration(checkpoint), "calibration.json"
+        if calibration is None:
+            calibration, source = ood.calibrate(checkpoint, data_root), "fitted now"
+        policy = policy_with(checkpoint.model)
+        logits, feats = ood.logits_and_features(checkpoint.model, to_input(test.images[held], *key[1:]), policy)
+        test_scores = calibration.ood_scores(feats.numpy())
+        ng_scores = calibration.ood_scores(ood.logits_and_features(checkpoint.model, ng, policy)[1].numpy())
+        row = {
+            "calibration": source,
+            "temperature": calibration.temperature,
+            "threshold": calibration.threshold,
+            "flagged_nongarments": float(np.mean(~calibration.in_distribution(ng_scores))),
+            "flagged_test": float(np.mean(~calibration.in_distribution(test_scores))),
+            "flagged_photos": None,
+            "auroc": ood.auroc(test_scores, ng_scores),
+            "ece_before": ood.expected_calibration_error(ood.calibrated_probs(logits), test.labels[held]),
+            "ece_after": ood.expected_calibration_error(calibration.probabilities(logits), test.labels[held]),
+            "accuracy_held_out": float((logits.argmax(1) == test.labels[held]).float().mean()),
+            "flagged_by_kind": {
+                kind: float(np.mean(ng_scores[kind_of == kind] > calibration.threshold))
+                for kind in KINDS
+                if (kind_of == kind).any()
+            },
+        }
+        if ph is not None:
+            row["flagged_photos"] = float(np.mean(~calibration.in_distribution(
+                calibration.ood_scores(ood.logits_and_features(checkpoint.model, ph, policy)[1].numpy())
+            )))  # fmt: skip
+        result["models"][folder.name] = row
+        if progress:
+            progress(f"{folder.name}: done")
+    return result
+
+
+def format_ood_report(result: dict) -> str:
+    lines = [
+        f"non-garments: {result['n_nongarments']} images ({result['nongarments']}); Fashion-MNIST held-out half: "
+        f"{result['n_held_out']} test images; garment photos: {result['n_photos']}",
+        f"{'model':<12} {'non-garm.':>9} {'F-MNIST':>8} {'photos':>7} {'AUROC':>6} {'ECE before':>10} {'after':>7} {'T':>6}",
+    ]
+    for name, r in result["models"].items():
+        photos = "-" if r["flagged_photos"] is None else f"{r['flagged_photos']:.1%}"
+        lines.append(
+            f"{name:<12} {r['flagged_nongarments']:>9.1%} {r['flagged_test']:>8.1%} {photos:>7} {r['auroc']:>6.3f} "
+            f"{r['ece_before']:>10.4f} {r['ece_after']:>7.4f} {r['temperature']:>6.3f}"
+            + ("" if r["calibration"] == "calibration.json" else "  (calibration fitted now, not saved)")
+        )
+    lines.append("flagged = share judged not like the training data; columns 2-4 are shares of each set")
+    for name, r in result["models"].items():
+        lines.append(
+            f"{name} non-garments flagged by kind: "
+            + ", ".join(f"{k} {v:.0%}" for k, v in r["flagged_by_kind"].items())
+        )
+    return "\n".join(lines)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("nongarments", help="write a seeded set of images that are not garments")
+    p.add_argument("--out", type=Path, required=True, help="folder for the images and kinds.csv")
+    p.add_argument(
+        "--n", type=positive_int, default=210, help=f"number of images (default 210, cycling {', '.join(KINDS)})"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=lambda a: print(f"wrote {len(write_nongarments(a.out, a.n, a.seed))} images to {a.out}") or 0)  # fmt: skip
+    p = sub.add_parser("ood-eval", help="how often every model flags non-garments, test images and garment photos")
+    p.add_argument("--models", type=Path, default=Path("assets/models"), help="folder of checkpoint folders")
+    p.add_argument("--nongarments", type=Path, required=True, help="a folder written by `drnets nongarments`")
+    p.add_argument("--photos", type=Path, default=None, help="a folder written by `drnets photos` (optional)")
+    p.add_argument("--data-root", default=None, help="Fashion-MNIST folder (default: the Debian files)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_ood_eval)
+
+
+def _cmd_ood_eval(args: argparse.Namespace) -> int:
+    result = evaluate_ood(args.models, args.nongarments, args.photos, args.data_root)
+    print(json.dumps(result, indent=2) if args.json else format_ood_report(result))
+    return 0

@@ -1,0 +1,158 @@
+"""Out-of-distribution verdicts and temperature scaling: the numbers, the calibration file, the CLI fields,
+and the non-garment set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from drnets import ood
+from drnets.checkpoint import load_checkpoint, save_checkpoint
+from drnets.cli import main
+from drnets.data import FASHION_MNIST_CLASSES, load_dataset
+from drnets.nongarments import KINDS, format_ood_report, read_kinds, write_nongarments
+
+TRAINING = {"dataset": "fashion-mnist", "mean": [0.2860], "std": [0.3530], "input_size": [1, 28, 28]}
+
+
+def test_temperature_scaling_lowers_the_nll_of_an_overconfident_model() -> None:
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (2000,), generator=gen)
+    logits = torch.randn(2000, 10, generator=gen)
+    logits[torch.arange(2000), labels] += 2.0  # right about 70% of the time...
+    logits *= 6.0  # ...but far too sure of itself
+    t = ood.fit_temperature(logits, labels)
+    assert t > 2.0
+    assert ood.nll(logits, labels, t) < 0.7 * ood.nll(logits, labels)
+    before = ood.expected_calibration_error(ood.calibrated_probs(logits), labels)
+    after = ood.expected_calibration_error(ood.calibrated_probs(logits, t), labels)
+    assert after < before / 3
+    assert torch.equal(ood.calibrated_probs(logits, t).argmax(1), logits.argmax(1))  # answers unchanged
+
+
+def test_threshold_flags_the_asked_share_of_in_distribution_scores() -> None:
+    rng = np.random.default_rng(0)
+    cal, held = rng.chisquare(10, 5000), rng.chisquare(10, 5000)
+    threshold = ood.threshold_for(cal, 0.05)
+    assert np.mean(cal > threshold) == pytest.approx(0.05, abs=0.002)
+    assert np.mean(held > threshold) == pytest.approx(0.05, abs=0.015)
+    assert ood.auroc(held, held + 100) == 1.0 and ood.auroc(held, held) == pytest.approx(0.5, abs=0.01)
+
+
+def test_test_split_is_fixed_and_disjoint() -> None:
+    a, b = ood.split_halves(10_000)
+    assert len(a) == len(b) == 5000 and not set(a) & set(b)
+    assert np.array_equal(a, ood.split_halves(10_000)[0])
+
+
+def test_mahalanobis_flags_points_far_from_every_class() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 600)
+    centres = np.array([[0.0] * 4, [5.0] * 4, [-5.0, 5.0, -5.0, 5.0]])
+    feats = centres[labels] + rng.normal(0, 1, (600, 4))
+    calibration = ood.Calibration("x", "", 1.0, 0.0, *ood.fit_gaussian(feats, labels, 3))
+    calibration.threshold = ood.threshold_for(calibration.ood_scores(feats), 0.05)
+    far = np.array([[20.0, -20.0, 20.0, -20.0], [0.0, 0.0, 30.0, 0.0]])
+    assert not calibration.in_distribution(calibration.ood_scores(far)).any()
+    assert calibration.in_distribution(calibration.ood_scores(centres)).all()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tiny_model) -> Path:
+    return save_checkpoint(
+        tmp_path_factory.mktemp("ood") / "drnet", tiny_model("drnet"), "drnet", FASHION_MNIST_CLASSES, TRAINING
+    )
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("img") / "boot.png"
+    Image.fromarray(load_dataset("fashion-mnist", "test").images[0, ..., 0].numpy()).save(path)
+    return path
+
+
+def small_calibration(folder: Path, threshold: float) -> ood.Calibration:
+    """A calibration of the tiny checkpoint fitted on 200 training images (fast), saved beside it."""
+    ckpt = load_checkpoint(folder)
+    train = load_dataset("fashion-mnist", "train")
+    x = (train.images[:200].permute(0, 3, 1, 2).float() / 255 - 0.2860) / 0.3530
+    _, feats = ood.logits_and_features(ckpt.model, x)
+    fitted = ood.fit_gaussian(feats.numpy(), train.labels[:200].numpy(), 10)
+    calibration = ood.Calibration("drnet", ood.weights_digest(ckpt), 1.7, threshold, *fitted)
+    ood.save_calibration(calibration, folder)
+    return calibration
+
+
+def test_calibration_file_round_trips_and_predict_json_has_the_verdict(checkpoint, image, capsys) -> None:
+    (checkpoint / ood.CALIBRATION).unlink(missing_ok=True)
+    assert main(["predict", "--checkpoint", str(checkpoint), str(image), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["in_distribution"] is None and row["ood_score"] is None and row["calibrated_probability"] is None
+
+    saved = small_calibration(checkpoint, threshold=-1.0)  # every image is flagged
+    loaded = ood.load_calibration(load_checkpoint(checkpoint))
+    assert loaded.temperature == pytest.approx(1.7) and np.allclose(loaded.means, saved.means, atol=1e-5)
+    assert main(["predict", "--checkpoint", str(checkpoint), str(image), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["in_distribution"] is False and row["ood_score"] > 0 and row["temperature"] == pytest.approx(1.7)
+    assert 0 < row["calibrated_probability"] < row["probability"]  # T > 1 softens
+    assert main(["predict", "--checkpoint", str(checkpoint), str(image)]) == 0
+    assert "does not look like any of the 10 classes the model knows" in capsys.readouterr().out
+
+    small_calibration(checkpoint, threshold=1e12)  # nothing is flagged
+    assert main(["predict", "--checkpoint", str(checkpoint), str(image), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["in_distribution"] is True
+    (checkpoint / ood.CALIBRATION).unlink()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "is not valid JSON"),
+        ('{"format": "something-else"}', "is not a drnets calibration file"),
+        ('{"format": "drnets-calibration", "version": 1, "model": "drnet"}', "a field is missing or malformed"),
+    ],
+)
+def test_corrupt_calibration_is_a_clear_error(tmp_path, tiny_model, image, capsys, content, message) -> None:
+    folder = save_checkpoint(tmp_path / "drnet", tiny_model("drnet"), "drnet", FASHION_MNIST_CLASSES, TRAINING)
+    (folder / ood.CALIBRATION).write_text(content)
+    with pytest.raises(ood.CalibrationError, match=message):
+        ood.load_calibration(load_checkpoint(folder))
+    assert main(["predict", "--checkpoint", str(folder), str(image)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_calibration_for_other_weights_is_refused(tmp_path, tiny_model, checkpoint) -> None:
+    small_calibration(checkpoint, threshold=1.0)
+    other = save_checkpoint(tmp_path / "drnet", tiny_model("drnet", seed=1), "drnet", FASHION_MNIST_CLASSES, TRAINING)
+    (other / ood.CALIBRATION).write_bytes((checkpoint / ood.CALIBRATION).read_bytes())
+    with pytest.raises(ood.CalibrationError, match="fitted for other weights"):
+        ood.load_calibration(load_checkpoint(other))
+    (checkpoint / ood.CALIBRATION).unlink()
+
+
+def test_nongarment_set_is_deterministic_and_covers_every_kind(tmp_path) -> None:
+    rows = write_nongarments(tmp_path / "a", n=2 * len(KINDS), seed=3)
+    assert rows == write_nongarments(tmp_path / "b", n=2 * len(KINDS), seed=3)
+    other = write_nongarments(tmp_path / "c", n=len(KINDS), seed=4)
+    assert {kind for _, kind in rows} == set(KINDS) and read_kinds(tmp_path / "a") == rows
+    for name, _ in rows:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+        Image.open(tmp_path / "a" / name).verify()
+    assert any((tmp_path / "a" / n).read_bytes() != (tmp_path / "c" / n).read_bytes() for n, _ in other)
+
+
+def test_ood_report_names_every_rate() -> None:
+    row = {"calibration": "calibration.json", "temperature": 1.1, "threshold": 90.0, "flagged_nongarments": 0.93,
+           "flagged_test": 0.047, "flagged_photos": 0.3, "auroc": 0.988, "ece_before": 0.008, "ece_after": 0.007,
+           "flagged_by_kind": {"noise": 1.0, "text": 0.67}}  # fmt: skip
+    result = {"n_nongarments": 210, "nongarments": "ng", "n_held_out": 5000, "n_photos": 300, "models": {"drnet": row}}
+    report = format_ood_report(result)
+    assert "93.0%" in report and "4.7%" in report and "30.0%" in report and "0.988" in report
+    assert "text 67%" in report
