@@ -6,6 +6,10 @@ model's ``for_inference`` twin, and attributions run on the private copy of the 
 ``drnets.attribution.attribute`` makes. Results are cached
 per image hash and settings (``st.cache_data``); arguments starting with ``_`` are not hashed,
 their identity is carried by the key arguments next to them.
+
+Each answer also carries the checkpoint's calibrated probabilities and out-of-distribution verdict
+(``drnets.ood``) when the checkpoint folder has a ``calibration.json``; the features the verdict reads
+come from the plain model, in inference mode and without hooks, at the session's routing settings.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from app.timing import measure_latency
 from drnets.attribution import Attribution, attribute
 from drnets.data import to_input
 from drnets.model import is_routed
+from drnets.ood import Calibration, CalibrationError, judge, load_calibration, pooled_features
 from drnets.router import RoutingPolicy
 from drnets.trace import RoutingTrace
 from drnets.upload import PreparedImage, prepare_upload
@@ -61,6 +66,14 @@ class ModelRun:
     name: str
     probs: np.ndarray
     trace: RoutingTrace
+    calibrated: np.ndarray | None = None  # softmax(logits / T) with the checkpoint's T; None: uncalibrated
+    ood_score: float | None = None  # Mahalanobis distance of the features; higher = less like the training data
+    in_distribution: bool | None = None  # None: no calibration.json, no verdict
+
+    @property
+    def confidence(self) -> float:
+        """The answer's probability, calibrated when the checkpoint is."""
+        return float((self.calibrated if self.calibrated is not None else self.probs).max())
 
     @property
     def pred(self) -> int:
@@ -115,8 +128,12 @@ def analyse(models: ModelSet, source: ImageSource, threshold: float, top_k: int 
     x = models.on_device(prepared.tensor)
     settings = {name: route_settings(name, threshold, top_k) for name in models.checkpoints}
     ready = {name: with_policy(models.fast[name], *settings[name]) for name in models.checkpoints}
+    calibrations, _ = load_calibrations(models, models.key)
     runs = {
-        name: run_model(model, models.key, source.digest, x, name, *settings[name]) for name, model in ready.items()
+        name: run_model(
+            model, models.key, source.digest, x, name, *settings[name], models.get(name).model, calibrations.get(name)
+        )
+        for name, model in ready.items()
     }
     seconds = measure_latency(ready, models.key, source.digest, x, threshold, top_k)
     return Analysis(source, prepared, runs, seconds)
@@ -130,15 +147,41 @@ def prepare(
     return prepare_upload(_data, input_size=input_size, mean=mean, std=std, max_bytes=max_bytes)
 
 
+@st.cache_resource(show_spinner=False, max_entries=4)
+def load_calibrations(_models: ModelSet, models_key: str) -> tuple[dict[str, Calibration | None], dict[str, str]]:
+    """Each checkpoint's calibration (None: no calibration.json), and the problem with each unusable file."""
+    found, problems = {}, {}
+    for name, checkpoint in _models.checkpoints.items():
+        try:
+            found[name] = load_calibration(checkpoint)
+        except CalibrationError as err:
+            found[name], problems[name] = None, str(err)
+    return found, problems
+
+
 @st.cache_data(show_spinner=False, max_entries=512)
 def run_model(
-    _model: Forward, models_key: str, digest: str, _x: torch.Tensor, name: str, threshold: float, top_k: int | None
+    _model: Forward,
+    models_key: str,
+    digest: str,
+    _x: torch.Tensor,
+    name: str,
+    threshold: float,
+    top_k: int | None,
+    _plain: nn.Module | None = None,
+    _calibration: Calibration | None = None,
 ) -> ModelRun:
-    """One model's forward (policy applied) on one image already on its device; the key arguments say which."""
+    """One model's forward (policy applied) on one image already on its device; the key arguments say which.
+    With ``_calibration`` (the checkpoint's, fixed per ``models_key``) the answer gets its verdict."""
     with torch.inference_mode():
         _, trace = _model(_x)
     # concat detaches and moves every tensor to the CPU
-    return ModelRun(name, trace.probs[0].cpu().numpy(), RoutingTrace.concat([trace]))
+    run = ModelRun(name, trace.probs[0].cpu().numpy(), RoutingTrace.concat([trace]))
+    if _calibration is not None and _plain is not None:
+        features = pooled_features(_plain, _x, policy_for(_plain, threshold, top_k))
+        calibrated, scores, inside = judge(_calibration, run.trace.logits, features)
+        run.calibrated, run.ood_score, run.in_distribution = calibrated[0].numpy(), float(scores[0]), bool(inside[0])
+    return run
 
 
 def run_pixels(models: ModelSet, pixels: list, threshold: float, top_k: int | None) -> ModelRun:

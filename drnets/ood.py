@@ -110,9 +110,15 @@ class Calibration:
             "score": self.score,
             "threshold": self.threshold,
             "fit": self.fit,
-            **{k: None if v is None else np.round(v, 6).tolist() for k, v in arrays.items()},
+            **{k: None if v is None else _rounded(v) for k, v in arrays.items()},
         }
-        return json.dumps(data, indent=1)
+        # one line per field: the numbers people read stay readable, the arrays stay compact
+        return "{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in data.items()) + "\n}\n"
+
+
+def _rounded(array: np.ndarray) -> list:
+    """Nested lists of the values to 7 significant digits (float32 precision)."""
+    return np.vectorize(lambda v: float(f"{v:.7g}"), otypes=[object])(array).tolist()
 
 
 # ---- the numbers ----

@@ -4,6 +4,7 @@ and the non-garment set."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,9 @@ from drnets import ood
 from drnets.checkpoint import load_checkpoint, save_checkpoint
 from drnets.cli import main
 from drnets.data import FASHION_MNIST_CLASSES, load_dataset
-from drnets.nongarments import KINDS, format_ood_report, read_kinds, write_nongarments
+from drnets.nongarments import KINDS, format_ood_report, read_kinds, render_nongarment, write_nongarments
 
+ASSETS = Path(__file__).parents[1] / "assets" / "models"
 TRAINING = {"dataset": "fashion-mnist", "mean": [0.2860], "std": [0.3530], "input_size": [1, 28, 28]}
 
 
@@ -156,3 +158,30 @@ def test_ood_report_names_every_rate() -> None:
     report = format_ood_report(result)
     assert "93.0%" in report and "4.7%" in report and "30.0%" in report and "0.988" in report
     assert "text 67%" in report
+
+
+@pytest.mark.skipif(not (ASSETS / "drnet" / ood.CALIBRATION).is_file(), reason="needs the shipped, calibrated models")
+def test_inspect_page_says_when_an_upload_is_not_a_garment(tmp_path, monkeypatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from app import state
+
+    models = tmp_path / "models"
+    shutil.copytree(ASSETS, models)
+    (models / "dense" / ood.CALIBRATION).write_text("{broken")
+    monkeypatch.setenv("DRNETS_MODELS_DIR", str(models))
+    _, smiley = render_nongarment("smiley", np.random.default_rng([0, 4]))
+    at = AppTest.from_file(str(Path(__file__).parents[1] / "app" / "main.py"), default_timeout=300).run()
+    at.file_uploader(key=state.UPLOADS).set_value([("smiley.png", smiley, "image/png")]).run()
+    assert not at.exception, [e.message for e in at.exception]
+    says = {m.label: m.value for m in at.metric if m.label.endswith(" says")}
+    assert says["DRNet says"] == "Not one of its classes", says
+    assert says["Dense supernet says"] != "Not one of its classes"  # its calibration file is unusable: no verdict
+    assert any("calibration not used" in w.value and "not valid JSON" in w.value for w in at.warning)
+    captions = " ".join(str(c.value) for c in at.caption)
+    assert "does not look like any of the 10 classes the model knows" in captions
+    assert metric_value(at, "DRNet FLOPs")  # the details stay
+
+
+def metric_value(at, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)

@@ -9,13 +9,14 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app import export, state, ui
-from app.analysis import Analysis, analyse
+from app.analysis import Analysis, ModelRun, analyse, load_calibrations
 from app.costs import dense_cell_flops
 from app.evaluations import load_eval, load_sweep, sweep_point
 from app.figures import dataset, images, routing
 from app.figures.common import FLOPS_UNIT
 from app.models import LABELS, ModelSet, load_models
 from app.timing import LATENCY_ROUNDS, LATENCY_TTL_S
+from drnets.ood import NOT_GARMENT
 from drnets.upload import UploadError
 
 
@@ -72,7 +73,8 @@ def summary_ui(analyses: list[Analysis], models: ModelSet) -> None:
     rows = []
     for a in analyses:
         drnet = a.runs["drnet"]
-        row = {"image": a.source.name, "DRNet says": models.class_names[drnet.pred], "confidence": drnet.probs.max()}
+        says = models.class_names[drnet.pred] if drnet.in_distribution is not False else "not one of its classes"
+        row = {"image": a.source.name, "DRNet says": says, "confidence": drnet.confidence}
         row[FLOPS_UNIT] = drnet.flops
         if "dense" in a.runs:
             row["vs dense"] = drnet.flops / a.runs["dense"].flops
@@ -117,12 +119,44 @@ def image_ui(a: Analysis, models: ModelSet) -> dict[str, go.Figure]:
     with right:
         columns = st.columns(len(a.runs))
         for column, (name, run) in zip(columns, a.runs.items(), strict=True):
-            fig = images.prediction_bars(run.probs, models.class_names, top_k=3)
+            probs = run.calibrated if run.calibrated is not None else run.probs
+            fig = images.prediction_bars(probs, models.class_names, top_k=3)
             figs[f"{LABELS[name]} predictions"] = fig
             with column:
-                ui.verdict(LABELS[name], models.class_names[run.pred], float(run.probs.max()))
+                verdict_ui(name, run, models)
                 ui.chart(fig, key=f"pred_{name}")
+        calibration_note(a, models)
     return figs
+
+
+def verdict_ui(name: str, run: ModelRun, models: ModelSet) -> None:
+    """The answer in large type, or, for an image unlike the training data, that message instead."""
+    if run.in_distribution is False:
+        st.metric(
+            f"{LABELS[name]} says", "Not one of its classes", f"closest: {models.class_names[run.pred]}",
+            delta_color="off", delta_arrow="off",
+            help=f"Out-of-distribution score {run.ood_score:.0f}, above the threshold fitted on Fashion-MNIST "
+            "test images (Mahalanobis distance of the features to the nearest class).",
+        )  # fmt: skip
+        st.caption(
+            f"This image {NOT_GARMENT.format(n=len(models.class_names))}; the details below are what it computed anyway."
+        )
+        return
+    ui.verdict(LABELS[name], models.class_names[run.pred], run.confidence)
+
+
+def calibration_note(a: Analysis, models: ModelSet) -> None:
+    _, problems = load_calibrations(models, models.key)
+    for name, problem in problems.items():
+        st.warning(f"{LABELS[name]}: calibration not used: {problem}", icon=":material/warning:")
+    uncalibrated = [LABELS[n] for n, run in a.runs.items() if run.in_distribution is None and n not in problems]
+    if uncalibrated:
+        st.caption(
+            f"{', '.join(uncalibrated)}: uncalibrated (no calibration.json beside the checkpoint): raw probabilities, "
+            "no check that the image looks like the training data. `python -m drnets calibrate --checkpoint FOLDER` fits one."
+        )
+    elif not problems:
+        st.caption("Probabilities after temperature scaling, fitted on held-out Fashion-MNIST test images.")
 
 
 def cost_ui(a: Analysis, models: ModelSet) -> None:
@@ -170,7 +204,8 @@ def cost_ui(a: Analysis, models: ModelSet) -> None:
         [
             {
                 "model": LABELS[name],
-                "answer": f"{models.class_names[run.pred]} ({run.probs.max():.0%})",
+                "answer": f"{models.class_names[run.pred]} ({run.confidence:.0%})"
+                + (" · unlike the training data" if run.in_distribution is False else ""),
                 FLOPS_UNIT: run.flops,
                 "FLOPs vs MobileNetV2": run.flops / mobile.flops if mobile else None,
                 "params touched": run.params,
