@@ -185,3 +185,12 @@ def test_inspect_page_says_when_an_upload_is_not_a_garment(tmp_path, monkeypatch
 
 def metric_value(at, label: str) -> str:
     return next(m.value for m in at.metric if m.label == label)
+
+
+def test_features_of_another_width_are_a_clear_error() -> None:
+    rng = np.random.default_rng(0)
+    calibration = ood.Calibration(
+        "drnet", "", 1.0, 1.0, *ood.fit_gaussian(rng.normal(size=(50, 4)), np.arange(50) % 2, 2)
+    )
+    with pytest.raises(ood.CalibrationError, match="expects 4 feature dimensions, the model gives 6"):
+        calibration.ood_scores(rng.normal(size=(3, 6)))
