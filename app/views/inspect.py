@@ -101,10 +101,10 @@ def image_ui(a: Analysis, models: ModelSet) -> dict[str, go.Figure]:
     left, right = st.columns([1, 3], gap="large")
     with left:
         prepared = a.prepared
-        views = [(prepared.original, "your image")]
+        views = [(prepared.original, "yours")]
         if prepared.object_view is not None:
-            views.append((prepared.object_view, "the object found (outlined: the crop)"))
-        views.append((ui.pixelated(prepared.seen), "what the model saw"))
+            views.append((prepared.object_view, "found"))
+        views.append((ui.pixelated(prepared.seen), "input"))
         for column, (picture, caption) in zip(st.columns(len(views)), views, strict=True):
             column.image(picture, caption=caption, width="stretch")
         if prepared.unsure:
@@ -114,7 +114,12 @@ def image_ui(a: Analysis, models: ModelSet) -> dict[str, go.Figure]:
                 icon=":material/help:",
             )
         if prepared.notes:
-            st.caption("Preprocessing: " + "; ".join(prepared.notes) + ".")
+            found = (
+                " *Found*: the object, background dimmed, the crop outlined; *input*: the 28×28 image the models saw."
+                if prepared.object_view is not None
+                else ""
+            )
+            st.caption("Preprocessing: " + "; ".join(prepared.notes) + "." + found)
     figs = {}
     with right:
         columns = st.columns(len(a.runs))
