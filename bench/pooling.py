@@ -23,12 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from drnets.argtypes import positive_ints
-from drnets.inference import (
-    DEPTHWISE_MIN_PIXELS,
-    SEPARABLE_MIN_PIXELS,
-    avg_pool_3x3_depthwise,
-    max_pool_3x3_separable,
-)
+from drnets.inference import FastPool, avg_pool_3x3_depthwise, max_pool_3x3_separable
 
 from .common import (
     Settings,
@@ -101,13 +96,9 @@ def run(settings: Settings, batches: tuple[int, ...] = (1, 64)) -> dict[str, Any
 
 
 def _picks_fast_form(pool: str, stride: int, x: torch.Tensor) -> bool:
-    """Whether ``FastPool`` runs the other form on ``x`` (on a CPU; on a GPU it always runs ATen's)."""
-    if x.device.type != "cpu":
-        return False
-    pixels = x.shape[0] * x.shape[-2] * x.shape[-1]
-    if pool == "max":
-        return pixels >= SEPARABLE_MIN_PIXELS
-    return pixels >= DEPTHWISE_MIN_PIXELS * stride**2
+    """Whether ``FastPool`` runs the other form on ``x``."""
+    module = torch.nn.MaxPool2d(3, stride, 1) if pool == "max" else torch.nn.AvgPool2d(3, stride, 1)
+    return FastPool(module).takes_fast_form(x)
 
 
 def show(result: dict[str, Any]) -> None:

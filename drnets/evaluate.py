@@ -27,7 +27,7 @@ from .checkpoint import Checkpoint, atomic_write_text, load_checkpoint
 from .data import DATASETS, ImageSet, load_dataset, normalization, to_input
 from .device import pick_device
 from .inference import for_inference
-from .model import DRNet, is_routed, policy_with
+from .model import is_routed, policy_with
 from .router import RoutingPolicy
 from .routing_stats import routing_stats
 from .trace import RoutingTrace
@@ -247,14 +247,12 @@ def evaluate(
     if len(data) == 0:
         raise EvaluationError(f"data set {data.name!r} has no images to evaluate")
     routed = is_routed(checkpoint.model)
-    if not isinstance(checkpoint.model, DRNet) and (threshold is not None or top_k is not None):
-        raise EvaluationError(f"{checkpoint.name} is a static network: --threshold and --top-k apply to DRNets only")
+    policy = policy_with(checkpoint.model, threshold, top_k, budget)  # refuses settings a static model cannot take
     model = for_inference(checkpoint.model)
     channels = data.images.shape[-1]
     default_mean, default_std = normalization(data.name, channels)
     mean = checkpoint.training.get("mean", default_mean)
     std = checkpoint.training.get("std", default_std)
-    policy = policy_with(checkpoint.model, threshold, top_k, budget)
     started = time.perf_counter()
     trace = run_traces(model, data, mean, std, batch_size, policy)
     seconds = time.perf_counter() - started

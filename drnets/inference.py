@@ -128,13 +128,19 @@ class FastPool(nn.Module):
         self.kind = "max" if isinstance(pool, nn.MaxPool2d) else "avg"
         self.stride = pool.stride if isinstance(pool.stride, int) else pool.stride[0]
 
+    def takes_fast_form(self, x: torch.Tensor) -> bool:
+        """The separable max / depthwise average form for ``x``: large maps on a CPU only (on a GPU
+        ATen's kernel is one launch against several)."""
+        if x.device.type != "cpu":
+            return False
+        pixels = x.shape[0] * x.shape[-2] * x.shape[-1]
+        if self.kind == "max":
+            return self.stride == 1 and pixels >= SEPARABLE_MIN_PIXELS
+        return pixels >= DEPTHWISE_MIN_PIXELS * self.stride**2
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu":  # on a GPU ATen's kernel is one launch against several
-            pixels = x.shape[0] * x.shape[-2] * x.shape[-1]
-            if self.kind == "max" and self.stride == 1 and pixels >= SEPARABLE_MIN_PIXELS:
-                return max_pool_3x3_separable(x)
-            if self.kind == "avg" and pixels >= DEPTHWISE_MIN_PIXELS * self.stride**2:
-                return avg_pool_3x3_depthwise(x, self.stride)
+        if self.takes_fast_form(x):
+            return max_pool_3x3_separable(x) if self.kind == "max" else avg_pool_3x3_depthwise(x, self.stride)
         if self.kind == "max":
             return F.max_pool2d(x, 3, self.stride, 1)
         return F.avg_pool2d(x, 3, self.stride, 1, count_include_pad=False)
