@@ -29,7 +29,7 @@ from app.timing import measure_latency
 from drnets.attribution import Attribution, attribute
 from drnets.data import to_input
 from drnets.model import is_routed
-from drnets.ood import Calibration, CalibrationError, judge, load_calibration, pooled_features
+from drnets.ood import Calibration, CalibrationError, judge, load_calibration
 from drnets.router import RoutingPolicy
 from drnets.trace import RoutingTrace
 from drnets.upload import PreparedImage, prepare_upload
@@ -130,10 +130,8 @@ def analyse(models: ModelSet, source: ImageSource, threshold: float, top_k: int 
     ready = {name: with_policy(models.fast[name], *settings[name]) for name in models.checkpoints}
     calibrations, _ = load_calibrations(models, models.key)
     runs = {
-        name: run_model(
-            model, models.key, source.digest, x, name, *settings[name], models.get(name).model, calibrations.get(name)
-        )
-        for name, model in ready.items()
+        name: run_model(models.fast[name], models.key, source.digest, x, name, *settings[name], calibrations.get(name))
+        for name in models.checkpoints
     }
     seconds = measure_latency(ready, models.key, source.digest, x, threshold, top_k)
     return Analysis(source, prepared, runs, seconds)
@@ -161,25 +159,23 @@ def load_calibrations(_models: ModelSet, models_key: str) -> tuple[dict[str, Cal
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def run_model(
-    _model: Forward,
+    _fast: nn.Module,
     models_key: str,
     digest: str,
     _x: torch.Tensor,
     name: str,
     threshold: float,
     top_k: int | None,
-    _plain: nn.Module | None = None,
     _calibration: Calibration | None = None,
 ) -> ModelRun:
-    """One model's forward (policy applied) on one image already on its device; the key arguments say which.
-    With ``_calibration`` (the checkpoint's, fixed per ``models_key``) the answer gets its verdict."""
-    with torch.inference_mode():
-        _, trace = _model(_x)
+    """One model's fast twin at these routing settings on one image already on its device; the key
+    arguments say which. With ``_calibration`` (the checkpoint's, fixed per ``models_key``) the answer
+    gets its verdict, from the features of the same pass."""
+    _, trace, features = _fast.forward_with_features(_x, policy_for(_fast, threshold, top_k))
     # concat detaches and moves every tensor to the CPU
     run = ModelRun(name, trace.probs[0].cpu().numpy(), RoutingTrace.concat([trace]))
-    if _calibration is not None and _plain is not None:
-        features = pooled_features(_plain, _x, policy_for(_plain, threshold, top_k))
-        calibrated, scores, inside = judge(_calibration, run.trace.logits, features)
+    if _calibration is not None:
+        calibrated, scores, inside = judge(_calibration, run.trace.logits, features.float().cpu())
         run.calibrated, run.ood_score, run.in_distribution = calibrated[0].numpy(), float(scores[0]), bool(inside[0])
     return run
 
@@ -191,8 +187,7 @@ def run_pixels(models: ModelSet, pixels: list, threshold: float, top_k: int | No
         images = images.unsqueeze(-1)
     x = models.on_device(to_input(images.unsqueeze(0), models.mean, models.std))
     digest = "pixels:" + hashlib.sha256(images.numpy().tobytes()).hexdigest()
-    model = with_policy(models.fast["drnet"], threshold, top_k)
-    return run_model(model, models.key, digest, x, "drnet", threshold, top_k)
+    return run_model(models.fast["drnet"], models.key, digest, x, "drnet", threshold, top_k)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)

@@ -348,11 +348,19 @@ class FastDRNet(nn.Module):
     def default_policy(self) -> RoutingPolicy:
         return self.plain.default_policy
 
-    @torch.inference_mode()
     def forward(
         self, x: torch.Tensor, policy: RoutingPolicy | None = None, forced_route: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, RoutingTrace]:
         """Same as ``DRNet.forward`` (sparse execution), without autograd."""
+        logits, trace, _ = self.forward_with_features(x, policy, forced_route)
+        return logits, trace
+
+    @torch.inference_mode()
+    def forward_with_features(
+        self, x: torch.Tensor, policy: RoutingPolicy | None = None, forced_route: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, RoutingTrace, torch.Tensor]:
+        """``forward``, plus the pooled features [B, D] the classifier reads (``drnets.ood``'s detector
+        reads them too): one pass for the answer and its out-of-distribution score."""
         model = self.plain
         model.check_input(x, forced_route)
         policy = model.resolve_policy(policy)
@@ -376,8 +384,10 @@ class FastDRNet(nn.Module):
             s0, s1 = s1, (out.relu_() if i < last else out)
             gates.append(w)
             ran.append(r)
-        logits = model.forward_head(s1)
-        return logits, model.trace(logits, torch.stack(gates, dim=1), torch.stack(ran, dim=1), *x.shape[-2:])
+        pooled = model.global_pool(s1).flatten(1)
+        logits = model.classifier(pooled)
+        trace = model.trace(logits, torch.stack(gates, dim=1), torch.stack(ran, dim=1), *x.shape[-2:])
+        return logits, trace, pooled
 
 
 # ---- MobileNetV2 ----
@@ -407,15 +417,24 @@ class FastMobileNetV2(nn.Module):
             )
         )
 
-    @torch.inference_mode()
     def forward(
         self, x: torch.Tensor, policy: RoutingPolicy | None = None, forced_route: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, RoutingTrace]:
         """Same as ``MobileNetV2.forward``, without autograd."""
+        logits, trace, _ = self.forward_with_features(x)
+        return logits, trace
+
+    @torch.inference_mode()
+    def forward_with_features(
+        self, x: torch.Tensor, policy: RoutingPolicy | None = None, forced_route: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, RoutingTrace, torch.Tensor]:
+        """``forward``, plus the last block's pooled output [B, D] (before the final 1x1 expansion), which
+        ``drnets.ood``'s detector reads: one pass for the answer and its out-of-distribution score."""
         model = self.plain
         model.check_input(x)
-        logits = model.forward_head(self.features(x))
-        return logits, model.trace(logits, *x.shape[-2:])
+        block = self.features[:-1](x)  # the last layer's convolution makes a new map: block stays as it is
+        logits = model.forward_head(self.features[-1](block))
+        return logits, model.trace(logits, *x.shape[-2:]), model.global_pool(block).flatten(1)
 
 
 # ---- the process allocator ----

@@ -216,3 +216,17 @@ def test_conv_matmul_with_bias_keeps_the_autocast_dtype(layout: str, kernel: int
         out = conv_matmul(x, weight, padding=padding, bias=bias)
     assert out.dtype == expected.dtype == torch.bfloat16
     assert torch.allclose(out.float(), expected.float(), atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize("name", ["drnet", "mobilenetv2"])
+def test_the_fast_pass_gives_the_features_the_detector_reads(name: str, test_images: torch.Tensor) -> None:
+    """One pass gives the answer and the pooled features drnets.ood fits its detector on (plain model)."""
+    from drnets.ood import pooled_features
+
+    plain = load_checkpoint(MODELS / name).model.eval()
+    fast = for_inference(plain)
+    x = test_images[:64]
+    logits, trace, features = fast.forward_with_features(x)
+    expected_logits, expected_trace = fast(x)
+    assert torch.equal(logits, expected_logits) and torch.equal(trace.flops, expected_trace.flops)
+    torch.testing.assert_close(features, pooled_features(plain, x), atol=1e-4, rtol=1e-4)
