@@ -1,7 +1,7 @@
-"""The shared sidebar: which images, which routing settings, which models, on which device.
+"""The shared sidebar: which routing settings, which models, on which device.
 
-It lives in the entry file so every page sees the same images and settings, and an upload
-survives switching pages.
+It lives in the entry file so every page sees the same settings. The images are picked on the
+pages themselves (``app.picker``), where a phone user finds them without opening the sidebar.
 """
 
 from __future__ import annotations
@@ -12,9 +12,7 @@ import streamlit as st
 
 from app import state
 from app.models import ModelSet, default_folder_label, load_models, model_folders
-from app.samples import list_samples, sample_title
 
-UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"]
 MAX_THRESHOLD = 0.5  # above this almost every edge would be skipped
 TOP_K_CHOICES = [None, 1, 2, 3]
 MODELS_FOLDER = "models_folder"  # widget key: the label of one of app.models.model_folders()
@@ -23,51 +21,11 @@ MODELS_FOLDER = "models_folder"  # widget key: the label of one of app.models.mo
 def render() -> None:
     """Draw the sidebar; the widgets' values land in st.session_state under the keys in app.state."""
     with st.sidebar:
-        images_box, routing_box, models_box = st.container(), st.container(), st.container()
+        routing_box, models_box = st.container(), st.container()
         with models_box:
             models = models_ui()
-        with images_box:
-            images_ui()
         with routing_box:
             routing_ui(models)
-
-
-def images_ui() -> None:
-    st.subheader("Image")
-    samples = list_samples()
-    # The first sample is shown on first start; set through session state rather than ``index``,
-    # because an upload clears it the same way (Streamlit warns when a widget gets both).
-    st.session_state.setdefault(state.SAMPLE, samples[0] if samples else None)
-    st.selectbox(
-        "Sample from the test set",
-        [None, *samples],
-        format_func=lambda name: "none" if name is None else sample_title(name),
-        placeholder="none",
-        key=state.SAMPLE,
-        help="Fashion-MNIST test images shipped with the app." if samples else "No samples found in assets/samples/.",
-    )
-    st.file_uploader(
-        "…or your own photos of garments",
-        type=UPLOAD_TYPES,
-        accept_multiple_files=True,
-        key=state.UPLOADS,
-        on_change=_clear_sample_on_upload,
-        help="A photo of one garment, bag or shoe on a plain background works best. Nothing is stored.",
-    )
-    sources = state.images()
-    if len(sources) > 1:
-        st.selectbox(
-            "Show details for",
-            [s.digest for s in sources],
-            format_func={s.digest: s.name for s in sources}.get,
-            key=state.FOCUS,
-        )
-
-
-def _clear_sample_on_upload() -> None:
-    """A fresh upload is what the user wants to see; they can pick a sample again next to it."""
-    if st.session_state.get(state.UPLOADS):
-        st.session_state[state.SAMPLE] = None
 
 
 def routing_ui(models: ModelSet) -> None:

@@ -1,7 +1,8 @@
-"""Per-session state: widget keys, the keys set once per session, and what the sidebar chose.
+"""Per-session state: widget keys, the keys set once per session, and what the user chose.
 
-The image picker and the routing controls live in the shared sidebar, so every page sees
-the same images and settings; pages read them through ``settings()`` and ``images()``.
+The routing controls live in the shared sidebar and the image controls (``app.picker``) at the top
+of the pages that show an image; every page sees the same images and settings through
+``settings()`` and ``images()``.
 """
 
 from __future__ import annotations
@@ -15,20 +16,31 @@ from app.samples import list_samples, read_sample, sample_title
 
 MAX_NAME = 60  # characters of an uploaded file's name shown in the pages
 
-# Widget keys (the sidebar's widgets; tests find them by these keys).
+# Widget keys (tests find the widgets by these keys).
 MODELS_DIR = "models_dir"
 SAMPLE = "sample"
 UPLOADS = "uploads"
+CAMERA_ON = "camera_on"
+CAMERA = "camera"
 FOCUS = "focus"
 THRESHOLD = "threshold"
 TOP_K = "top_k"
 # Plain session keys, set once per session in init().
 SLOW_ATTRIBUTIONS = "slow_attributions"  # digests of images for which the user asked for IG and occlusion
+UPLOADED = "uploaded"  # the uploader's files as ImageSources, kept while a page without the uploader shows
+PHOTO = "photo"  # the camera's last photo as an ImageSource, or None
+# Widgets on some pages only; Streamlit forgets a widget's value on a run that does not draw it.
+PAGE_WIDGETS = (SAMPLE, CAMERA_ON, FOCUS)
 
 
 def init() -> None:
-    """Create the non-widget keys once per session."""
+    """Create the non-widget keys once per session, and carry the page widgets' values over this run."""
     st.session_state.setdefault(SLOW_ATTRIBUTIONS, set())
+    st.session_state.setdefault(UPLOADED, [])
+    st.session_state.setdefault(PHOTO, None)
+    for key in PAGE_WIDGETS:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
 
 
 @dataclass(frozen=True)
@@ -43,8 +55,10 @@ def settings() -> Settings:
 
 
 def images() -> list[ImageSource]:
-    """Uploaded files first, then the picked sample; the same content twice counts once."""
-    picked = [ImageSource.of(display_name(f.name), f.getvalue()) for f in st.session_state.get(UPLOADS) or []]
+    """Uploaded files first, then the camera's photo, then the picked sample; the same content twice counts once."""
+    picked = list(st.session_state.get(UPLOADED) or [])
+    if st.session_state.get(PHOTO) is not None:
+        picked.append(st.session_state[PHOTO])
     sample = st.session_state.get(SAMPLE)
     if sample:
         picked.append(sample_source(sample))
@@ -53,7 +67,7 @@ def images() -> list[ImageSource]:
 
 
 def focus(sources: list[ImageSource]) -> ImageSource | None:
-    """The image the detailed views show: the sidebar's choice, else the first one."""
+    """The image the detailed views show: the user's choice under *Show details for*, else the first one."""
     chosen = st.session_state.get(FOCUS)
     return next((s for s in sources if s.digest == chosen), sources[0] if sources else None)
 

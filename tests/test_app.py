@@ -20,7 +20,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import app.models as app_models_module
-from app import export, sidebar, state
+from app import export, picker, sidebar, state
 from app.figures.images import prediction_bars
 from app.models import SHIPPED_LABEL, load_models, model_folders, warm_up
 from app.samples import samples_dir
@@ -36,6 +36,7 @@ PAGES = ("views/inspect.py", "views/attributions.py", "views/explorer.py", "view
 TIMEOUT = 300  # seconds per script run; a loaded 2-core machine needs them on the first (cold) run
 app_models = appkit.app_models  # session fixture: the shipped models or stand-ins
 BROKEN_PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + b"truncated"
+BROKEN_PNG_AS_JPEG = ("photo.jpg", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00truncated", "image/jpeg")
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +110,33 @@ def test_upload_of_a_photo_and_a_broken_file(models_dir: Path) -> None:
     assert metric(at, "DRNet FLOPs") == _si(
         appkit.drnet_reference(models_dir, photo, at.slider(key=state.THRESHOLD).value).flops
     )
-    at.switch_page("views/attributions.py").run()  # the upload lives in the sidebar and survives a page switch
+    at.switch_page("views/attributions.py").run()
     assert_clean(at)
-    assert [f.name for f in at.session_state[state.UPLOADS]] == ["shirt.jpg", "broken.png"]
+    assert "shirt.jpg" in texts(at), "the upload survives a page switch"
+    at.switch_page("views/explorer.py").run()  # a page without the image controls
+    at.switch_page("views/inspect.py").run()
+    assert "shirt.jpg" in [s.value for s in at.subheader], "and a visit to a page without the uploader"
+    assert any("Still showing from before: shirt.jpg, broken.png" in c.value for c in at.caption)
+    at.button(key="clear_kept").click().run()
+    assert "shirt.jpg" not in [s.value for s in at.subheader]
+
+
+def test_camera_photo_gets_the_answer_and_cost_of_the_same_file_uploaded(models_dir: Path) -> None:
+    photo = appkit.garment_photo(seed=3)
+    uploaded = new_app().run()
+    uploaded.file_uploader(key=state.UPLOADS).set_value([("shirt.jpg", photo, "image/jpeg")]).run()
+    at = new_app().run()
+    assert not at.camera_input, "the camera waits until the user switches it on"
+    at.toggle(key=state.CAMERA_ON).set_value(True).run()
+    at.camera_input(key=state.CAMERA).set_value(("photo.jpg", photo, "image/jpeg")).run()
+    assert_clean(at)
+    assert at.session_state[state.SAMPLE] is None, "a photo replaces the sample"
+    assert picker.CAMERA_NAME in [s.value for s in at.subheader]
+    for label in ("DRNet says", "DRNet FLOPs", "MobileNetV2 says", "DRNet params touched"):
+        assert metric(at, label) == metric(uploaded, label), label
+    at.camera_input(key=state.CAMERA).set_value(BROKEN_PNG_AS_JPEG).run()
+    assert not at.exception
+    assert any(picker.CAMERA_NAME in e.value and "cannot be used" in e.value for e in at.error)
 
 
 def test_sample_picker_shows_the_chosen_sample(models_dir: Path) -> None:
@@ -206,7 +231,7 @@ def test_missing_models_and_samples_get_a_message(
     monkeypatch.setenv("DRNETS_MODELS_DIR", os.pathsep.join([str(models_dir), str(tmp_path / "nowhere")]))
     at = new_app().run()
     assert not at.exception
-    assert any("Pick a sample or upload" in i.value for i in at.info)
+    assert any("Pick a sample, upload a photo or take one" in i.value for i in at.info)
     at.selectbox(key=sidebar.MODELS_FOLDER).set_value("nowhere").run()
     assert not at.exception
     assert any("No usable DRNet" in e.value for e in at.error)

@@ -16,6 +16,7 @@ import torch
 from app.figures import common, dataset, images, routing
 from drnets.data import load_dataset, normalization, to_input
 from drnets.model import create_model
+from drnets.ops import PRIMITIVES
 from drnets.router import RoutingPolicy
 from drnets.routing_stats import routing_stats
 
@@ -149,20 +150,39 @@ def test_gate_heatmap_shows_the_threshold_and_explains_every_cell(one):
 
 
 def _assert_short_branch_ticks(fig: go.Figure) -> None:
-    """Column names stay unrotated, two short lines each, one per column, above the plot."""
+    """Column names short and upright, one per column, above the plot: seven fit a phone's width."""
     heat, axis = fig.data[0], fig.layout.xaxis
     assert list(axis.tickvals) == list(heat.x)
-    assert all("<br>" in t and len(line) <= 9 for t in axis.ticktext for line in t.split("<br>"))
-    assert [t.replace("<br>", " ") for t in axis.ticktext] == list(heat.x)
-    assert axis.tickangle == 0 and axis.side == "top"
+    assert all(len(t) <= 8 for t in axis.ticktext), list(axis.ticktext)
+    assert len(set(axis.ticktext)) == len(axis.ticktext)
+    assert axis.tickangle == -90 and axis.side == "top"
+
+
+def _assert_reads_on_a_phone(fig: go.Figure) -> None:
+    """Subtitle lines short enough for a 390 px screen; colour bars lie flat under the plot."""
+    lines = (fig.layout.title.subtitle.text or "").split("<br>")
+    assert all(len(line) <= common.SUBTITLE_CHARS for line in lines), lines
+    for trace in fig.data:
+        if getattr(trace, "showscale", None) is not False and trace.type == "heatmap":
+            assert trace.colorbar.orientation == "h"
 
 
 def test_gate_heatmap_branch_names_fit_a_narrow_chart(one):
-    assert (
-        common.branch_tick("sep_conv_3x3") == "sep conv<br>3×3"
-        and common.branch_tick("skip_connect") == "skip<br>connect"
-    )
-    _assert_short_branch_ticks(routing.gate_heatmap(one, THRESHOLD))
+    assert [common.branch_short(b) for b in PRIMITIVES] == [
+        "sep 3×3", "sep 5×5", "dil 3×3", "dil 5×5", "max pool", "avg pool", "skip"
+    ]  # fmt: skip
+    fig = routing.gate_heatmap(one, THRESHOLD)
+    _assert_short_branch_ticks(fig)
+    _assert_reads_on_a_phone(fig)
+
+
+def test_long_subtitles_wrap_and_widen_the_top_margin():
+    short = common.layout(go.Figure(), "title", "one short line")
+    long = common.layout(go.Figure(), "title", "word " * 40)
+    lines = long.layout.title.subtitle.text.split("<br>")
+    assert len(lines) == 4 and all(len(line) <= common.SUBTITLE_CHARS for line in lines)
+    assert long.layout.margin.t - short.layout.margin.t == 3 * common.SUBTITLE_LINE_PX
+    assert long.layout.height - short.layout.height == 3 * common.SUBTITLE_LINE_PX
 
 
 def test_gate_heatmap_refuses_several_samples_and_explains_static_models(routed):
@@ -317,6 +337,7 @@ def test_branch_usage_heatmap_by_class_and_by_cell(usage):
     assert "ran on" in by_cell.data[0].hovertext[0][0]
     for fig in (dataset.branch_usage_heatmap(usage), by_cell):
         _assert_short_branch_ticks(fig)
+        _assert_reads_on_a_phone(fig)
 
 
 def test_routing_table_reads_the_routing_section(routed):

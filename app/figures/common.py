@@ -11,6 +11,7 @@ branch, and hover text that explains each mark. Accuracies and probabilities are
 from __future__ import annotations
 
 import re
+import textwrap
 from collections.abc import Sequence
 
 import pandas as pd
@@ -20,8 +21,13 @@ from drnets.ops import PRIMITIVES
 
 TEMPLATE = "plotly_white"
 FLOPS_UNIT = "FLOPs (2×MACs)"  # the project's one cost convention (torch's FlopCounterMode), in figures and pages
-TITLE_MARGIN = 80  # px above the plot: title plus subtitle
-TOP_WITH_TICKS = TITLE_MARGIN + 45  # title, subtitle, then two-line branch names above a heatmap
+TITLE_MARGIN = 80  # px above the plot: title plus one line of subtitle
+TOP_WITH_TICKS = TITLE_MARGIN + 75  # title, subtitle, then upright branch names above a heatmap
+# Figures must read on a 390 px phone as well as at 1400 px, and Plotly does not wrap text:
+# subtitles break into lines this long, the extra lines widening the top margin.
+SUBTITLE_CHARS = 52
+SUBTITLE_LINE_PX = 16
+COLORBAR_ROOM = 75  # px under a heatmap for its horizontal colour bar
 ROW_PX = 18  # height of one heatmap row or bar; keeps figures compact on a projector
 INSIDE_TEXT_FROM = 0.5  # bars at least this long carry their % label inside, so it never overruns the plot
 NO_ROUTER = "This model has no router: every layer runs for every image."
@@ -58,9 +64,14 @@ def branch_label(name: str) -> str:
 
 
 def branch_tick(name: str) -> str:
-    """Two-line axis tick, 'sep conv<br>3×3': seven one-line names overlap in a ~700 px chart."""
-    words = branch_label(name).rsplit(" ", 1)
-    return "<br>".join(words)
+    """Two-line axis tick, 'sep conv<br>3×3'."""
+    return "<br>".join(branch_label(name).rsplit(" ", 1))
+
+
+def branch_short(name: str) -> str:
+    """'sep_conv_3x3' -> 'sep 3×3', 'max_pool_3x3' -> 'max pool', 'skip_connect' -> 'skip': tick-sized."""
+    label = branch_label(name).replace(" conv", "").replace(" connect", "")
+    return re.sub(r" pool \d×\d$", " pool", label)
 
 
 def state_label(state: int) -> str:
@@ -122,26 +133,51 @@ def require(frame: pd.DataFrame, columns: Sequence[str], figure: str) -> None:
 def layout(
     fig: go.Figure, title: str, subtitle: str = "", height: float = 360, top: int = TITLE_MARGIN, **kwargs: object
 ) -> go.Figure:
-    """The look every figure shares; ``top`` grows when x labels sit above the plot."""
+    """The look every figure shares; ``top`` grows when x labels sit above the plot, and with
+    every line a long subtitle wraps onto (see SUBTITLE_CHARS)."""
+    lines = textwrap.wrap(subtitle, SUBTITLE_CHARS) or [""]
+    extra = SUBTITLE_LINE_PX * (len(lines) - 1)
     fig.update_layout(
         template=TEMPLATE,
-        title={"text": title, "subtitle": {"text": subtitle}, "x": 0.01, "xanchor": "left"},
-        height=int(height),
-        margin={"t": top, "b": 40, "l": 10, "r": 10},
+        title={"text": title, "subtitle": {"text": "<br>".join(lines)}, "x": 0.01, "xanchor": "left"},
+        height=int(height) + extra,
+        margin={"t": top + extra, "b": 40, "l": 10, "r": 10},
         **kwargs,
     )
     return fig
 
 
+def legend_below() -> dict:
+    """A horizontal legend under the plot, anchored to the figure's bottom edge, so a legend that
+    wraps onto more rows on a phone grows into the bottom margin, never into the axis title."""
+    return {"orientation": "h", "x": 0, "y": 0, "xanchor": "left", "yanchor": "bottom", "yref": "container"}
+
+
+def colorbar_below(title: str, **kwargs: object) -> dict:
+    """A slim horizontal colour bar under a heatmap: upright it would take a third of a phone's width.
+    The figure needs COLORBAR_ROOM more px at the bottom (``margin={"b": ...}``)."""
+    return {
+        "title": {"text": title, "side": "top"},
+        "orientation": "h",
+        "x": 0,
+        "xanchor": "left",
+        "y": -0.02,
+        "yanchor": "top",
+        "len": 1.0,
+        "thickness": 10,
+        **kwargs,
+    }
+
+
 def branch_ticks(fig: go.Figure, names: list[str]) -> None:
-    """Branch names above the columns, two short lines each and never rotated, so they
-    stay clear of the subtitle at any width (the heatmap's x stays the full ``branch_label``)."""
+    """Short branch names above the columns, upright, so seven of them never run into each other
+    even in a phone's 30 px columns (the heatmap's x and hover keep the full ``branch_label``)."""
     fig.update_xaxes(
         side="top",
         tickmode="array",
         tickvals=[branch_label(b) for b in names],
-        ticktext=[branch_tick(b) for b in names],
-        tickangle=0,
+        ticktext=[branch_short(b) for b in names],
+        tickangle=-90,
         tickfont={"size": 11},
     )
 

@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 
 from app.figures.common import (
     ACCENT,
+    COLORBAR_ROOM,
     FLOPS_UNIT,
     GATE_SCALE,
     GREY,
@@ -23,7 +24,9 @@ from app.figures.common import (
     branch_order,
     branch_ticks,
     cell_label,
+    colorbar_below,
     layout,
+    legend_below,
     message_figure,
     require,
 )
@@ -132,7 +135,9 @@ def sweep_curve(
     )
     fig.update_yaxes(title="test accuracy", tickformat=".0%")
     subtitle = "each point is one routing threshold t: a lower t runs more branches, costs more FLOPs"
-    return layout(fig, title, subtitle, height=380, legend={"orientation": "h", "y": -0.2})
+    fig = layout(fig, title, subtitle, height=440, legend=legend_below())
+    fig.update_layout(margin={"b": 110})
+    return fig
 
 
 def class_flops_bars(per_class: pd.DataFrame, dense_flops: float | None = None) -> go.Figure:
@@ -221,13 +226,15 @@ def branch_usage_heatmap(usage: pd.DataFrame) -> go.Figure:
             hovertemplate="%{hovertext}<extra></extra>",
             xgap=1,
             ygap=1,
-            colorbar={"title": {"text": "ran"}, "tickformat": ".0%", "thickness": 14},
+            colorbar=colorbar_below("ran", tickformat=".0%"),
         )
     )
     fig.update_yaxes(autorange="reversed")
     branch_ticks(fig, names)
-    height = TITLE_MARGIN + 115 + ROW_PX * 1.5 * len(rows)
-    return layout(fig, f"{title}, by {by}", subtitle, height=height, top=TOP_WITH_TICKS)
+    height = TOP_WITH_TICKS + COLORBAR_ROOM + ROW_PX * 1.5 * len(rows)
+    fig = layout(fig, f"{title}, by {by}", subtitle, height=height, top=TOP_WITH_TICKS)
+    fig.update_layout(margin={"b": COLORBAR_ROOM})
+    return fig
 
 
 def class_accuracy_bars(per_class_by_model: dict[str, pd.DataFrame]) -> go.Figure:
@@ -270,7 +277,7 @@ def class_accuracy_bars(per_class_by_model: dict[str, pd.DataFrame]) -> go.Figur
         barmode="group",
         # below the axis title, anchored to the figure's bottom edge: a legend that wraps onto
         # a second row in a narrow column grows into the bottom margin, never into the subtitle
-        legend={"orientation": "h", "x": 0, "y": 0, "xanchor": "left", "yanchor": "bottom", "yref": "container"},
+        legend=legend_below(),
     )
     fig.update_layout(margin={"b": 100})
     return fig

@@ -29,6 +29,7 @@ from app.figures.common import (
     branch_color,
     branch_label,
     branch_order,
+    branch_short,
     cell_label,
     edge_label,
     layout,
@@ -88,16 +89,6 @@ LOOKS: dict[Highlight | None, _Look] = {
     ),
     "answer": _Look(structure=0.5, router=0.25, ran=1.0, skipped=0.06, answer=1.0),
 }
-
-
-def branch_short(name: str) -> str:
-    """'sep_conv_3x3' -> 'sep 3×3', 'max_pool_3x3' -> 'max pool', 'skip_connect' -> 'skip': legend-sized."""
-    label = branch_label(name)
-    if name == "skip_connect":
-        return "skip"
-    if "pool" in name:
-        return label.rsplit(" ", 1)[0]
-    return label.replace(" conv", "")
 
 
 def _arc(x0: float, x1: float, base: float, height: float) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 
 from app.figures.common import (
     ACCENT,
+    COLORBAR_ROOM,
     FLOPS_UNIT,
     GATE_SCALE,
     GREY,
@@ -28,8 +29,10 @@ from app.figures.common import (
     branch_order,
     branch_ticks,
     cell_labels,
+    colorbar_below,
     edge_label,
     layout,
+    legend_below,
     message_figure,
     one_sample,
     require,
@@ -84,7 +87,9 @@ def gate_heatmap(branches: pd.DataFrame, threshold: float) -> go.Figure:
     x = [branch_label(b) for b in names]
     y = [row_cells, row_edges]
     zmax = max(float(gates.to_numpy().max()), threshold)
-    ticks = {0.0: "0", zmax: f"{zmax:.2f}", threshold: f"t = {threshold:.2f}"}  # t wins a tie
+    ticks = {zmax: f"{zmax:.2f}", threshold: f"t = {threshold:.2f}"}  # t wins a tie
+    if threshold > 0.25 * zmax:  # room for a 0 that does not run into t's label
+        ticks = {0.0: "0", **ticks}
     fig = go.Figure()
     fig.add_trace(
         go.Heatmap(
@@ -101,12 +106,7 @@ def gate_heatmap(branches: pd.DataFrame, threshold: float) -> go.Figure:
             xgap=1,
             ygap=1,
             name="gate weight",
-            colorbar={
-                "title": {"text": "gate weight"},
-                "tickvals": list(ticks),
-                "ticktext": list(ticks.values()),
-                "thickness": 14,
-            },
+            colorbar=colorbar_below("gate weight", tickvals=list(ticks), ticktext=list(ticks.values())),
         )
     )
     fig.add_trace(
@@ -129,7 +129,9 @@ def gate_heatmap(branches: pd.DataFrame, threshold: float) -> go.Figure:
     subtitle = (
         f"● ran: gate weight ≥ t = {threshold:.2f} · faded: skipped, never computed · {n_ran} of {n_all} branches ran"
     )
-    return layout(fig, title, subtitle, height=TITLE_MARGIN + 115 + ROW_PX * len(gates), top=TOP_WITH_TICKS)
+    fig = layout(fig, title, subtitle, height=TOP_WITH_TICKS + COLORBAR_ROOM + ROW_PX * len(gates), top=TOP_WITH_TICKS)
+    fig.update_layout(margin={"b": COLORBAR_ROOM})
+    return fig
 
 
 def route_sankey(branches: pd.DataFrame) -> go.Figure:
@@ -293,5 +295,6 @@ def cell_flops_bars(cells: pd.DataFrame, dense_cell_flops: list[int] | None = No
     if dense is not None and len(samples) == 1:
         subtitle += f" = {total.iloc[0] / dense.sum():.0%} of the dense supernet's {dense.sum() / 1e6:.2f} M"
     fig.update_yaxes(title=FLOPS_UNIT)
-    legend = {"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right", "yanchor": "bottom"}
-    return layout(fig, title, subtitle, height=340, barmode="group", legend=legend)
+    fig = layout(fig, title, subtitle, height=380, barmode="group", legend=legend_below())
+    fig.update_layout(margin={"b": 90})
+    return fig

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import state, ui
+from app import picker, state, ui
 from app.analysis import Analysis, analyse, explain
 from app.figures.images import attribution_figure
 from app.models import LABELS, ModelSet, load_models
@@ -28,12 +28,13 @@ def main() -> None:
         "Which pixels pushed each model towards its answer. DRNet is explained with its route frozen to the "
         "one this image took, so the maps describe the network that actually ran."
     )
+    picker.render()
     settings = state.settings()
     models = load_models(settings.models_dir)
     ui.require_drnet(models)
     source = state.focus(state.images())
     if source is None:
-        st.info("Pick a sample or upload a photo in the sidebar first.", icon=":material/arrow_back:")
+        st.info("Pick a sample, upload a photo or take one above first.", icon=":material/arrow_upward:")
         return
     try:
         a = analyse(models, source, settings.threshold, settings.top_k)

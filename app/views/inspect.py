@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import export, state, ui
+from app import export, picker, state, ui
 from app.analysis import Analysis, ModelRun, analyse, load_calibrations
 from app.costs import dense_cell_flops
 from app.evaluations import load_eval, load_sweep, sweep_point
@@ -19,6 +19,8 @@ from app.timing import LATENCY_ROUNDS, LATENCY_TTL_S
 from drnets.ood import NOT_GARMENT
 from drnets.upload import UploadError
 
+IMAGE_PX = 96  # each of the three small views: three fit side by side on a 390 px phone
+
 
 def main() -> None:
     st.title("Inspect an image")
@@ -26,13 +28,15 @@ def main() -> None:
         "For every image, DRNet's routers decide which branches of each cell run; skipped branches cost nothing. "
         "Compare its answer and its cost with the static MobileNetV2 baseline and the dense supernet (every branch on)."
     )
+    picker.render()
     settings = state.settings()
     models = load_models(settings.models_dir)
     ui.require_drnet(models)
     analyses = analyses_ui(models, settings)
     if not analyses:
         st.info(
-            "Pick a sample or upload a photo in the sidebar to see how DRNet routes it.", icon=":material/arrow_back:"
+            "Pick a sample, upload a photo or take one above to see how DRNet routes it.",
+            icon=":material/arrow_upward:",
         )
         return
     focused = state.focus([a.source for a in analyses])
@@ -93,7 +97,7 @@ def summary_ui(analyses: list[Analysis], models: ModelSet) -> None:
         },
         key="summary_table",
     )
-    st.caption("Choose which image the views below show under *Show details for* in the sidebar.")
+    st.caption("Choose which image the views below show under *Show details for* above.")
 
 
 def image_ui(a: Analysis, models: ModelSet) -> dict[str, go.Figure]:
@@ -105,8 +109,8 @@ def image_ui(a: Analysis, models: ModelSet) -> dict[str, go.Figure]:
         if prepared.object_view is not None:
             views.append((prepared.object_view, "found"))
         views.append((ui.pixelated(prepared.seen), "input"))
-        for column, (picture, caption) in zip(st.columns(len(views)), views, strict=True):
-            column.image(picture, caption=caption, width="stretch")
+        pictures, captions = zip(*views, strict=True)
+        st.image(list(pictures), caption=list(captions), width=IMAGE_PX)  # side by side, also on a phone
         if prepared.unsure:
             st.warning(
                 f"Not sure where the garment is: {prepared.unsure}. The answers below may be about the "

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
-from app import state, ui
+from app import picker, state, ui
 from app.analysis import Analysis, analyse
 from app.costs import branch_costs, cells_table, dense_cell_flops
 from app.figures import images, network, routing
@@ -25,13 +25,14 @@ STEP = "teaching_step"
 
 def main() -> None:
     st.title("How a DRNet works")
+    picker.render()
     settings = state.settings()
     models = load_models(settings.models_dir)
     ui.require_drnet(models)
     source = state.focus(state.images()) or state.first_sample()
     if source is None:
         st.info(
-            "Pick a sample or upload a photo in the sidebar: the walk-through uses it.", icon=":material/arrow_back:"
+            "Pick a sample, upload a photo or take one above: the walk-through uses it.", icon=":material/arrow_upward:"
         )
         return
     try:
@@ -196,7 +197,7 @@ def answer_story(a: Analysis, models: ModelSet, threshold: float) -> str:
     return (
         "The last cell's output is averaged over the image, and a linear **classifier** turns it into one score per "
         f"class: DRNet says **{models.class_names[run.pred]}** ({run.confidence:.0%}). Another image takes another "
-        "route: pick one in the sidebar and step through again."
+        "route: pick one above and step through again."
     )
 
 
