@@ -1,4 +1,4 @@
-"""One image through the loaded models: preprocessing, inference, latency and attributions.
+"""One image through the loaded models: preprocessing, inference and attributions.
 
 The models are shared by every session (``st.cache_resource``) and nothing here mutates them: a
 session's routing settings are an argument of each forward (``with_policy``), inference runs on each
@@ -25,7 +25,6 @@ import streamlit as st
 import torch
 from torch import nn
 
-from app.timing import measure_latency
 from drnets.attribution import Attribution, attribute
 from drnets.data import to_input
 from drnets.model import is_routed
@@ -95,7 +94,6 @@ class Analysis:
     source: ImageSource
     prepared: PreparedImage
     runs: dict[str, ModelRun]
-    seconds: dict[str, float]  # batch-1 latency per model, from app.timing.measure_latency
 
 
 # ---- routing settings ----
@@ -127,14 +125,12 @@ def analyse(models: ModelSet, source: ImageSource, threshold: float, top_k: int 
     prepared = prepare(source.digest, source.data, models.input_size, models.mean, models.std, max_upload_bytes())
     x = models.on_device(prepared.tensor)
     settings = {name: route_settings(name, threshold, top_k) for name in models.checkpoints}
-    ready = {name: with_policy(models.fast[name], *settings[name]) for name in models.checkpoints}
     calibrations, _ = load_calibrations(models, models.key)
     runs = {
         name: run_model(models.fast[name], models.key, source.digest, x, name, *settings[name], calibrations.get(name))
         for name in models.checkpoints
     }
-    seconds = measure_latency(ready, models.key, source.digest, x, threshold, top_k)
-    return Analysis(source, prepared, runs, seconds)
+    return Analysis(source, prepared, runs)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)

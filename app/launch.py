@@ -94,8 +94,9 @@ def resolve_options(args: Sequence[str] = (), config_path: Path = SERVER_CONFIG)
 
 
 def build_command(options: Mapping[str, Any]) -> list[str]:
-    """The ``python -m streamlit run app/main.py --flags...`` command for these options."""
-    return [sys.executable, "-m", "streamlit", "run", str(MAIN), *config_flags(options)]
+    """The ``python -m app.serve run app/main.py --flags...`` command for these options: Streamlit's
+    own command line, run by ``app.serve`` so the server warms its caches before the first visitor."""
+    return [sys.executable, "-m", "app.serve", "run", str(MAIN), *config_flags(options)]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,10 +9,11 @@ from contextlib import contextmanager
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
+from streamlit.logger import get_logger
 
 from app.models import ModelSet
 
-log = logging.getLogger("drnets.app")
+log = get_logger("drnets.app")  # Streamlit's handler and level (logger.level in streamlit_config.toml)
 # What the DRNet paper reports on CIFAR-10, as shares of MobileNetV2's cost; the pages compare with it.
 PAPER_FLOPS_SHARE, PAPER_PARAMS_SHARE = 0.3101, 0.0870
 

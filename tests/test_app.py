@@ -24,9 +24,9 @@ from app import export, picker, sidebar, state
 from app.figures.images import prediction_bars
 from app.models import SHIPPED_LABEL, load_models, model_folders, warm_up
 from app.samples import samples_dir
-from app.timing import LATENCY_ROUNDS, measure_latency
+from app.timing import LATENCY_ROUNDS, server_timing
 from drnets.checkpoint import load_checkpoint, save_checkpoint
-from drnets.data import FASHION_MNIST_CLASSES, to_input
+from drnets.data import FASHION_MNIST_CLASSES
 from drnets.inference import for_inference
 from drnets.model import create_model
 from drnets.upload import prepare_upload
@@ -321,23 +321,28 @@ def test_a_checkpoint_that_cannot_run_at_its_own_input_size_is_reported_not_rais
     assert "cannot run on 1x4x4 inputs" in models.problems["drnet"]
 
 
-def test_latency_times_every_model_once_per_round(tmp_path: Path) -> None:
-    """Round-robin, as bench/ does: a CPU busy drawing the page then slows every model alike,
-    instead of whichever model happens to be timed at that moment."""
+def test_server_timing_runs_every_model_once_per_round_on_the_samples(tmp_path: Path, monkeypatch) -> None:
+    """Measured once per server on the shipped samples, round-robin as bench/ does: a CPU busy
+    drawing the page then slows every model alike, instead of whichever is timed at that moment."""
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((28, 28), 60 * i, dtype=np.uint8)).save(samples / f"Coat_{i}.png")
+    monkeypatch.setenv("DRNETS_SAMPLES_DIR", str(samples))
     torch.manual_seed(0)
     for name in ("drnet", "mobilenetv2"):
         model = create_model(name, channels=4, num_nodes=2) if name == "drnet" else create_model(name)
         save_checkpoint(tmp_path / name, model, name, list(FASHION_MNIST_CLASSES), {"input_size": [1, 28, 28]})
     models = load_models(str(tmp_path))
     calls: list[str] = []
-    hooks = [models.get(n).model.register_forward_pre_hook(lambda *_, n=n: calls.append(n)) for n in models.checkpoints]
-    x = to_input(torch.randint(0, 256, (1, 28, 28, 1), dtype=torch.uint8), models.mean, models.std)
-    ready = {name: ckpt.model for name, ckpt in models.checkpoints.items()}
-    seconds = measure_latency(ready, models.key, "round-robin-test", models.on_device(x), 0.1, None)
+    hooks = [models.fast[n].register_forward_pre_hook(lambda *_, n=n: calls.append(n)) for n in models.checkpoints]
+    timing = server_timing(models, models.key)
     for hook in hooks:
         hook.remove()
-    assert calls == list(models.checkpoints) * LATENCY_ROUNDS
-    assert set(seconds) == set(models.checkpoints) and all(s > 0 for s in seconds.values())
+    assert calls == list(models.checkpoints) * 2 * LATENCY_ROUNDS  # every model per image, per round
+    assert set(timing.seconds) == set(models.checkpoints) and all(s > 0 for s in timing.seconds.values())
+    assert timing.images == 2 and "UTC" in timing.describe() and "2 sample images" in timing.describe()
+    assert server_timing(models, models.key) is timing, "measured once, not per request"
 
 
 def test_a_lone_drnet_without_evaluation_works_and_says_how_to_evaluate_it(tmp_path: Path) -> None:
@@ -356,3 +361,20 @@ def test_a_lone_drnet_without_evaluation_works_and_says_how_to_evaluate_it(tmp_p
     assert [c.value for c in at.code] == [
         f"python -m drnets eval --checkpoint {folder} --data fashion-mnist --split test --out {folder}"
     ]
+
+
+def test_warm_fills_the_caches_the_pages_read(models_dir: Path, monkeypatch) -> None:
+    """What app.serve runs as the server starts: afterwards the first page loads and times nothing."""
+    from app import warm
+
+    monkeypatch.setenv("DRNETS_MODELS_DIR", str(models_dir))
+    warm.warm()
+    models = load_models(str(models_dir))
+    assert models.drnet() is not None
+    timed: list[str] = []
+    hook = models.fast["drnet"].register_forward_pre_hook(lambda *_: timed.append("drnet"))
+    try:
+        timing = server_timing(models, models.key)
+    finally:
+        hook.remove()
+    assert not timed and set(timing.seconds) == set(models.checkpoints)

@@ -39,7 +39,7 @@ def test_flags_from_a_config(tmp_path: Path) -> None:
         "--theme.sidebar.backgroundColor=#fff",
         "--server.port=9",
     ]
-    assert launch.build_command(options)[:5] == [sys.executable, "-m", "streamlit", "run", str(launch.MAIN)]
+    assert launch.build_command(options)[:5] == [sys.executable, "-m", "app.serve", "run", str(launch.MAIN)]
 
 
 @pytest.mark.parametrize("args", [["port"], ["--server.port"], ["--port", "1"], ["--server.port", "--x.y=1"]])

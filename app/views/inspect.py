@@ -15,7 +15,7 @@ from app.evaluations import load_eval, load_sweep, sweep_point
 from app.figures import dataset, images, routing
 from app.figures.common import FLOPS_UNIT
 from app.models import LABELS, ModelSet, load_models
-from app.timing import LATENCY_ROUNDS, LATENCY_TTL_S
+from app.timing import server_timing
 from drnets.ood import NOT_GARMENT
 from drnets.upload import UploadError
 
@@ -198,16 +198,14 @@ def cost_ui(a: Analysis, models: ModelSet) -> None:
                 f"{ui.PAPER_PARAMS_SHARE:.1%} of its params on CIFAR-10."
             ),
         )
+    timing = server_timing(models, models.key)
+    seconds = timing.seconds
     cols[3].metric(
         "DRNet latency",
-        f"{a.seconds['drnet'] * 1e3:.1f} ms",
-        delta=f"{ui.change(a.seconds['drnet'], a.seconds['mobilenetv2'])} vs MobileNetV2" if mobile else None,
+        f"{seconds['drnet'] * 1e3:.1f} ms",
+        delta=f"{ui.change(seconds['drnet'], seconds['mobilenetv2'])} vs MobileNetV2" if mobile else None,
         delta_color="inverse",
-        help=(
-            f"Median of {LATENCY_ROUNDS} rounds at batch size 1 on this server, each round running every "
-            f"model once, so a busy CPU slows them alike (measured again after {LATENCY_TTL_S} s); small models "
-            "on a CPU are dominated by overheads."
-        ),
+        help=timing.describe() + " Small models on a CPU are dominated by overheads.",
     )
     table = pd.DataFrame(
         [
@@ -218,7 +216,7 @@ def cost_ui(a: Analysis, models: ModelSet) -> None:
                 FLOPS_UNIT: run.flops,
                 "FLOPs vs MobileNetV2": run.flops / mobile.flops if mobile else None,
                 "params touched": run.params,
-                "latency (ms)": a.seconds[name] * 1e3,
+                "latency (ms)": seconds[name] * 1e3,
             }
             for name, run in a.runs.items()
         ]
@@ -230,10 +228,13 @@ def cost_ui(a: Analysis, models: ModelSet) -> None:
             FLOPS_UNIT: st.column_config.NumberColumn(format="compact"),
             "params touched": st.column_config.NumberColumn(format="compact"),
             "FLOPs vs MobileNetV2": st.column_config.NumberColumn(format="percent"),
-            "latency (ms)": st.column_config.NumberColumn(format="%.1f"),
+            "latency (ms)": st.column_config.NumberColumn(
+                format="%.1f", help="Measured once on this server; see below."
+            ),
         },
         key="cost_table",
     )
+    st.caption(f"Latency: {timing.describe()}")
 
 
 def routing_ui(a: Analysis, models: ModelSet, threshold: float) -> dict[str, go.Figure]:
