@@ -1,10 +1,13 @@
-"""End to end in Debian's headless Chromium: the app started the README's way, used as a person would.
+"""End to end in Debian's headless Chromium: the app started the README's way, used as a person would,
+on a laptop (1400x1000) and on a phone (390x844), with a fake camera that films a garment photo.
 
-Screenshots land in test-artifacts/ (gitignored) so a person can look at what the tests saw.
+Screenshots land in test-artifacts/ (gitignored) so a person can look at what the tests saw; the
+laptop ones also go, shrunk, to test-artifacts/readme/, where docs/screenshots/ is copied from.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import re
 import time
@@ -28,28 +31,46 @@ CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = appkit.ROOT / "test-artifacts"
 WAIT_MS = appkit.STARTUP_SECONDS * 1000
 BROKEN_PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + b"truncated"
+PHONE = {"width": 390, "height": 844}
+LAPTOP = {"width": 1400, "height": 1000}
+PAGES = ("Inspect an image", "Compare two images", "Attributions", "Data-set explorer", "How a DRNet works")
+README_WIDTH = 700  # px of the README's screenshots
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator:
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing: `make system-deps` installs Debian's chromium")
+    film = tmp_path_factory.mktemp("camera") / "garment.mjpeg"  # one JPEG frame, filmed over and over
+    film.write_bytes(appkit.garment_photo())
+    camera = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-        )
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", *camera,
+                  f"--use-file-for-fake-video-capture={film}"],
+        )  # fmt: skip
         yield browser
         browser.close()
 
 
-@pytest.fixture()
-def page(browser, app_server: AppServer):
-    context = browser.new_context(viewport={"width": 1366, "height": 1600})
+def open_app(browser, app_server: AppServer, viewport: dict) -> Iterator:
+    context = browser.new_context(viewport=viewport, permissions=["camera"])
     page = context.new_page()
     page.set_default_timeout(WAIT_MS)
     page.goto(app_server.url, wait_until="domcontentloaded")
     yield page
     context.close()
+
+
+@pytest.fixture()
+def page(browser, app_server: AppServer):
+    yield from open_app(browser, app_server, LAPTOP)
+
+
+@pytest.fixture()
+def phone(browser, app_server: AppServer):
+    yield from open_app(browser, app_server, PHONE)
 
 
 def settle(page) -> None:
@@ -63,9 +84,80 @@ def metric_value(page, label: str) -> str:
     return metric.locator('[data-testid="stMetricValue"]').inner_text().strip()
 
 
-def shot(page, name: str) -> None:
+def shot(page, name: str) -> Path:
+    """The whole page: Streamlit scrolls inside its main block, so the viewport grows to fit it first."""
     ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"e2e_{name}.png"), full_page=True)
+    viewport = page.viewport_size
+    height = page.evaluate("document.querySelector('[data-testid=stMain]').scrollHeight")
+    page.set_viewport_size({"width": viewport["width"], "height": max(viewport["height"], min(height, 16000))})
+    page.wait_for_timeout(1000)  # charts redraw at the new size
+    path = ARTIFACTS / f"e2e_{name}.png"
+    page.screenshot(path=str(path))
+    page.set_viewport_size(viewport)
+    return path
+
+
+def readme_shot(page, name: str) -> None:
+    """The first screen of a page, shrunk for the README (docs/screenshots/ is copied from these)."""
+    folder = ARTIFACTS / "readme"
+    folder.mkdir(parents=True, exist_ok=True)
+    picture = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
+    picture.thumbnail((README_WIDTH, README_WIDTH * 2))
+    picture.save(folder / f"{name}.png", optimize=True)
+
+
+def go_to(page, title: str) -> None:
+    """Open a page from the sidebar's navigation, as a person would; on a phone the sidebar opens
+    first and is closed again afterwards."""
+    expand = page.locator('[data-testid="stExpandSidebarButton"]')
+    if expand.is_visible():
+        expand.click()
+    page.get_by_role("link", name=title).click()
+    page.get_by_role("heading", name=title).first.wait_for()
+    settle(page)
+    sidebar = page.locator('[data-testid="stSidebar"]').bounding_box()
+    if page.viewport_size["width"] < 600 and sidebar and sidebar["width"] > 0 and sidebar["x"] >= 0:
+        page.locator('[data-testid="stSidebarCollapseButton"] button').click()
+        page.wait_for_timeout(500)
+
+
+def overlaps(boxes: list[dict]) -> list[tuple[dict, dict]]:
+    """Pairs of label boxes that cover each other by more than a pixel each way."""
+    return [
+        (a, b)
+        for i, a in enumerate(boxes)
+        for b in boxes[i + 1 :]
+        if min(a["right"], b["right"]) - max(a["left"], b["left"]) > 1
+        and min(a["bottom"], b["bottom"]) - max(a["top"], b["top"]) > 1
+    ]
+
+
+def assert_fits_the_screen(page) -> None:
+    """Nothing wider than the viewport, and no two tick labels of one chart axis on top of each other."""
+    width = page.viewport_size["width"]
+    main = page.evaluate(
+        "(() => { const m = document.querySelector('[data-testid=stMain]'); return m.scrollWidth; })()"
+    )
+    assert main <= width + 1, f"the page scrolls sideways: {main} px in a {width} px screen"
+    charts = page.evaluate(
+        """() => [...document.querySelectorAll('.js-plotly-plot')].map(plot => ({
+            width: plot.getBoundingClientRect().width,
+            title: plot.querySelector('.gtitle')?.textContent ?? '',
+            axes: ['.xtick', '.ytick', '.x2tick', '.y2tick'].map(sel => [...plot.querySelectorAll(sel + ' text')]
+                .filter(t => t.textContent.trim()).map(t => {
+                    const r = t.getBoundingClientRect();
+                    return {text: t.textContent, left: r.left, right: r.right, top: r.top, bottom: r.bottom};
+                })),
+        }))"""
+    )
+    assert charts, "no charts on the page"
+    for chart in charts:
+        assert chart["width"] <= width + 1, f"{chart['title']!r} is {chart['width']} px wide in a {width} px screen"
+        for labels in chart["axes"]:
+            clashes = overlaps(labels)
+            assert not clashes, (
+                f"{chart['title']!r}: labels overlap: {[(a['text'], b['text']) for a, b in clashes][:3]}"
+            )
 
 
 def test_upload_a_photo_and_a_broken_file_then_move_the_threshold(page, app_server: AppServer) -> None:
@@ -112,22 +204,61 @@ def test_upload_a_photo_and_a_broken_file_then_move_the_threshold(page, app_serv
     shot(page, "3_threshold_0")
 
 
-def test_every_page_renders_without_errors(page) -> None:
-    page.get_by_text("DRNet FLOPs").wait_for()
-    settle(page)
-    for link, heading in (
-        ("Attributions", "Attributions"),
-        ("Data-set explorer", "Data-set explorer"),
-        ("How a DRNet works", "How a DRNet works"),
-    ):
-        page.get_by_role("link", name=link).click()
-        page.get_by_role("heading", name=heading).wait_for()
+@pytest.mark.parametrize("screen", ["laptop", "phone"])
+def test_every_page_renders_and_fits_the_screen(browser, app_server: AppServer, screen: str) -> None:
+    for page in open_app(browser, app_server, LAPTOP if screen == "laptop" else PHONE):
+        page.get_by_text("DRNet FLOPs").wait_for()
         settle(page)
-        assert not page.locator('[data-testid="stException"]').count()
-        assert not page.locator('[data-testid="stAlertContentError"]').count(), page.locator(
-            '[data-testid="stAlertContentError"]'
-        ).all_inner_texts()
-        shot(page, re.sub(r"\W+", "_", link.lower()))
+        for title in PAGES:
+            if title != PAGES[0]:
+                go_to(page, title)
+            assert not page.locator('[data-testid="stException"]').count()
+            assert not page.locator('[data-testid="stAlertContentError"]').count(), page.locator(
+                '[data-testid="stAlertContentError"]'
+            ).all_inner_texts()
+            assert_fits_the_screen(page)
+            slug = re.sub(r"\W+", "_", title.lower())
+            shot(page, f"{screen}_{slug}")
+            if screen == "laptop":
+                readme_shot(page, slug)
+
+
+def test_a_phone_reaches_the_uploader_and_the_camera_and_a_photo_gets_the_answer_of_its_file(
+    phone, app_server: AppServer
+) -> None:
+    """No sidebar opened: the image controls are on the page. The fake camera films a garment photo;
+    the photo it takes gets the answer and FLOPs the same bytes get when uploaded, or computed here."""
+    phone.get_by_text("DRNet FLOPs").wait_for()
+    settle(phone)
+    assert phone.locator('[data-testid="stFileUploaderDropzone"]').is_visible()
+    phone.get_by_text("Take a photo with the camera").click()
+    take = phone.get_by_role("button", name="Take Photo")
+    take.wait_for()
+    phone.wait_for_function("() => !document.querySelector('[data-testid=stCameraInputButton]')?.disabled")
+    take.click()
+    phone.get_by_role("heading", name="camera photo").wait_for()
+    settle(phone)
+    source = phone.locator('[data-testid="stCameraInput"] img').first.get_attribute("src")
+    photo = base64.b64decode(
+        phone.evaluate(
+            """async src => { const bytes = new Uint8Array(await (await fetch(src)).arrayBuffer());
+            let text = ''; bytes.forEach(b => text += String.fromCharCode(b)); return btoa(text); }""",
+            source,
+        )
+    )
+    threshold = float(phone.evaluate("document.querySelector('[data-testid=stSliderThumbValue]').textContent"))
+    reference = appkit.drnet_reference(app_server.models, photo, threshold)
+    taken = {label: metric_value(phone, label) for label in ("DRNet says", "DRNet FLOPs", "DRNet params touched")}
+    assert taken["DRNet FLOPs"] == si(reference.flops) and taken["DRNet says"] == reference.answer
+    shot(phone, "phone_camera_photo")
+
+    phone.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
+        [{"name": "same.jpg", "mimeType": "image/jpeg", "buffer": photo}]
+    )
+    phone.get_by_role("heading", name="same.jpg").wait_for()
+    settle(phone)
+    assert {label: metric_value(phone, label) for label in taken} == taken
+    assert not phone.locator('[data-testid="stException"]').count()
 
 
 @pytest.mark.slow
