@@ -102,32 +102,41 @@ class Analysis:
 Forward = Callable[[torch.Tensor], tuple[torch.Tensor, RoutingTrace]]
 
 
-def policy_for(model: nn.Module, threshold: float, top_k: int | None) -> RoutingPolicy | None:
-    """The session's routing settings for a routed model; None (nothing to route) for the others."""
-    return RoutingPolicy(threshold, top_k) if is_routed(model) else None
+def policy_for(
+    model: nn.Module, threshold: float, top_k: int | None, budget: float | None = None
+) -> RoutingPolicy | None:
+    """The session's routing settings for a routed model; None (nothing to route) for the others.
+    ``budget`` is for a DRNet with budget-conditioned routers; other DRNets leave it out."""
+    return RoutingPolicy(threshold, top_k, budget=budget) if is_routed(model) else None
 
 
-def with_policy(model: nn.Module, threshold: float, top_k: int | None) -> Forward:
+def with_policy(model: nn.Module, threshold: float, top_k: int | None, budget: float | None = None) -> Forward:
     """``model``'s forward at these routing settings: the one place a session's settings meet a shared model."""
-    return functools.partial(model, policy=policy_for(model, threshold, top_k))
+    return functools.partial(model, policy=policy_for(model, threshold, top_k, budget))
 
 
-def route_settings(name: str, threshold: float, top_k: int | None) -> tuple[float, int | None]:
+def route_settings(
+    name: str, threshold: float, top_k: int | None, budget: float | None = None
+) -> tuple[float, int | None, float | None]:
     """Only DRNet depends on the routing settings; the static models are cached once per image."""
-    return (threshold, top_k) if name == "drnet" else (0.0, None)
+    return (threshold, top_k, budget) if name == "drnet" else (0.0, None, None)
 
 
 # ---- one image ----
 
 
-def analyse(models: ModelSet, source: ImageSource, threshold: float, top_k: int | None) -> Analysis:
+def analyse(
+    models: ModelSet, source: ImageSource, threshold: float, top_k: int | None, budget: float | None = None
+) -> Analysis:
     """Preprocess and run one image; raises ``UploadError`` for files that are not usable images."""
     prepared = prepare(source.digest, source.data, models.input_size, models.mean, models.std, max_upload_bytes())
     x = models.on_device(prepared.tensor)
-    settings = {name: route_settings(name, threshold, top_k) for name in models.checkpoints}
+    settings = {name: route_settings(name, threshold, top_k, budget) for name in models.checkpoints}
     calibrations, _ = load_calibrations(models, models.key)
     runs = {
-        name: run_model(models.fast[name], models.key, source.digest, x, name, *settings[name], calibrations.get(name))
+        name: run_model(
+            models.fast[name], models.key, source.digest, x, name, *settings[name], _calibration=calibrations.get(name)
+        )
         for name in models.checkpoints
     }
     return Analysis(source, prepared, runs)
@@ -162,12 +171,13 @@ def run_model(
     name: str,
     threshold: float,
     top_k: int | None,
+    budget: float | None = None,
     _calibration: Calibration | None = None,
 ) -> ModelRun:
     """One model's fast twin at these routing settings on one image already on its device; the key
     arguments say which. With ``_calibration`` (the checkpoint's, fixed per ``models_key``) the answer
     gets its verdict, from the features of the same pass."""
-    _, trace, features = _fast.forward_with_features(_x, policy_for(_fast, threshold, top_k))
+    _, trace, features = _fast.forward_with_features(_x, policy_for(_fast, threshold, top_k, budget))
     # concat detaches and moves every tensor to the CPU
     run = ModelRun(name, trace.probs[0].cpu().numpy(), RoutingTrace.concat([trace]))
     if _calibration is not None:
@@ -176,14 +186,16 @@ def run_model(
     return run
 
 
-def run_pixels(models: ModelSet, pixels: list, threshold: float, top_k: int | None) -> ModelRun:
+def run_pixels(
+    models: ModelSet, pixels: list, threshold: float, top_k: int | None, budget: float | None = None
+) -> ModelRun:
     """DRNet on a raw uint8 test image from eval.json ``extremes`` ([H][W] or [H][W][C] nested lists)."""
     images = torch.tensor(np.asarray(pixels, dtype=np.uint8))
     if images.dim() == 2:
         images = images.unsqueeze(-1)
     x = models.on_device(to_input(images.unsqueeze(0), models.mean, models.std))
     digest = "pixels:" + hashlib.sha256(images.numpy().tobytes()).hexdigest()
-    return run_model(models.fast["drnet"], models.key, digest, x, "drnet", threshold, top_k)
+    return run_model(models.fast["drnet"], models.key, digest, x, "drnet", threshold, top_k, budget)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -196,12 +208,13 @@ def explain(
     method: str,
     threshold: float,
     top_k: int | None,
+    budget: float | None = None,
 ) -> Attribution:
     """An attribution with the route the image takes under these settings frozen (see drnets.attribution).
 
     Methods that compare with a reference image (Integrated Gradients, occlusion) use a black image.
     """
     model = _models.get(name).model
-    policy = policy_for(model, *route_settings(name, threshold, top_k))
+    policy = policy_for(model, *route_settings(name, threshold, top_k, budget))
     black = float(np.mean([-m / s for m, s in zip(_models.mean, _models.std, strict=True)]))  # normalised 0
     return attribute(model, _x.to(_models.device), method, policy=policy, baseline=black)

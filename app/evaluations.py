@@ -53,10 +53,16 @@ def load_sweep(models: ModelSet) -> pd.DataFrame:
     return pd.DataFrame(evaluation.get("sweep") or [], columns=list(SWEEP_COLUMNS))
 
 
-def sweep_point(sweep: pd.DataFrame, threshold: float) -> tuple[float, float] | None:
-    """(mean FLOPs, accuracy) at ``threshold``, interpolated between the sweep's thresholds."""
+def sweep_knob(sweep: pd.DataFrame) -> str:
+    """What the sweep varies: "budget" for a DRNet with budget-conditioned routers, else "threshold"."""
+    return "budget" if "budget" in sweep and sweep["budget"].nunique() > 1 else "threshold"
+
+
+def sweep_point(sweep: pd.DataFrame, value: float) -> tuple[float, float] | None:
+    """(mean FLOPs, accuracy) at ``value`` of the sweep's knob, interpolated between its points."""
     if sweep.empty:
         return None
-    data = sweep.sort_values("threshold")
-    t = data["threshold"].to_numpy(dtype=float)
-    return float(np.interp(threshold, t, data["flops_mean"])), float(np.interp(threshold, t, data["accuracy"]))
+    knob = sweep_knob(sweep)
+    data = sweep.sort_values(knob)
+    v = data[knob].to_numpy(dtype=float)
+    return float(np.interp(value, v, data["flops_mean"])), float(np.interp(value, v, data["accuracy"]))

@@ -12,8 +12,11 @@ import streamlit as st
 
 from app import state
 from app.models import ModelSet, default_folder_label, load_models, model_folders
+from drnets.evaluate import SWEEP_BUDGETS
+from drnets.model import DRNet
 
 MAX_THRESHOLD = 0.5  # above this almost every edge would be skipped
+BUDGET_RANGE = (min(SWEEP_BUDGETS), max(SWEEP_BUDGETS))  # the budgets drnets eval sweeps
 TOP_K_CHOICES = [None, 1, 2, 3]
 MODELS_FOLDER = "models_folder"  # widget key: the label of one of app.models.model_folders()
 
@@ -31,6 +34,7 @@ def render() -> None:
 def routing_ui(models: ModelSet) -> None:
     st.subheader("Routing")
     drnet = models.drnet()
+    budget_ui(drnet)
     default = min(drnet.config.threshold, MAX_THRESHOLD) if drnet is not None else 0.1
     st.slider(
         "Threshold t",
@@ -47,6 +51,24 @@ def routing_ui(models: ModelSet) -> None:
         format_func=lambda k: "no limit" if k is None else str(k),
         key=state.TOP_K,
         help="Also keep only the k heaviest branches on every edge.",
+    )
+
+
+def budget_ui(drnet: DRNet | None) -> None:
+    """The main routing control of a DRNet whose routers read a budget: one set of weights, any cost.
+    Other DRNets have no budget; the key is dropped so the pages see None."""
+    if drnet is None or not drnet.config.budgeted:
+        st.session_state.pop(state.BUDGET, None)
+        return
+    st.slider(
+        "Budget c",
+        BUDGET_RANGE[0],
+        BUDGET_RANGE[1],
+        value=float(drnet.config.budget),
+        step=0.01,
+        key=state.BUDGET,
+        help="The share of the routed branches' FLOPs the routers aim to spend. Lower c: cheaper routes; "
+        "the same weights serve every c.",
     )
 
 

@@ -25,6 +25,7 @@ CAMERA = "camera"
 FOCUS = "focus"
 THRESHOLD = "threshold"
 TOP_K = "top_k"
+BUDGET = "budget"  # only for a DRNet with budget-conditioned routers
 # Plain session keys, set once per session in init().
 SLOW_ATTRIBUTIONS = "slow_attributions"  # digests of images for which the user asked for IG and occlusion
 UPLOADED = "uploaded"  # the uploader's files as ImageSources, kept while a page without the uploader shows
@@ -48,10 +49,22 @@ class Settings:
     models_dir: str
     threshold: float
     top_k: int | None
+    budget: float | None  # None unless the DRNet's routers read a budget
+
+    @property
+    def routing(self) -> tuple[float, int | None, float | None]:
+        """(threshold, top_k, budget), the routing arguments of app.analysis."""
+        return self.threshold, self.top_k, self.budget
 
 
 def settings() -> Settings:
-    return Settings(st.session_state[MODELS_DIR], float(st.session_state[THRESHOLD]), st.session_state[TOP_K])
+    budget = st.session_state.get(BUDGET)
+    return Settings(
+        st.session_state[MODELS_DIR],
+        float(st.session_state[THRESHOLD]),
+        st.session_state[TOP_K],
+        None if budget is None else float(budget),
+    )
 
 
 def images() -> list[ImageSource]:

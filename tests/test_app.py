@@ -21,14 +21,17 @@ from streamlit.testing.v1 import AppTest
 
 import app.models as app_models_module
 from app import export, picker, sidebar, state
+from app.evaluations import sweep_point
 from app.figures.images import prediction_bars
 from app.models import SHIPPED_LABEL, load_models, model_folders, warm_up
-from app.samples import samples_dir
+from app.samples import list_samples, samples_dir
 from app.timing import LATENCY_ROUNDS, server_timing
 from drnets.checkpoint import load_checkpoint, save_checkpoint
-from drnets.data import FASHION_MNIST_CLASSES
+from drnets.data import FASHION_MNIST_CLASSES, load_dataset, normalization
+from drnets.evaluate import SWEEP_BUDGETS, evaluate, write_results
 from drnets.inference import for_inference
 from drnets.model import create_model
+from drnets.router import RoutingPolicy
 from drnets.upload import prepare_upload
 
 MAIN = appkit.ROOT / "app" / "main.py"
@@ -378,3 +381,42 @@ def test_warm_fills_the_caches_the_pages_read(models_dir: Path, monkeypatch) -> 
     finally:
         hook.remove()
     assert not timed and set(timing.seconds) == set(models.checkpoints)
+
+
+def test_budget_slider_reroutes_a_budgeted_drnet_and_moves_the_star(tmp_path: Path, monkeypatch) -> None:
+    """A DRNet whose routers read a budget gets the budget as its main control: the image re-routes to
+    what the model computes at that budget, and the star sits on the sweep at that budget."""
+    torch.manual_seed(0)
+    model = create_model(
+        "drnet", channels=8, num_nodes=2, router_input="cell", gate="sigmoid", budgeted=True, threshold=0.5
+    ).eval()
+    mean, std = normalization("fashion-mnist", 1)
+    training = {"dataset": "fashion-mnist", "input_size": [1, 28, 28], "mean": list(mean), "std": list(std)}
+    save_checkpoint(tmp_path / "drnet", model, "drnet", list(FASHION_MNIST_CLASSES), training)
+    ckpt = load_checkpoint(tmp_path / "drnet")
+    write_results(tmp_path / "drnet", evaluate(ckpt, load_dataset("fashion-mnist", "test").subset(48)))
+    monkeypatch.setenv("DRNETS_MODELS_DIR", str(tmp_path))
+    sample = (samples_dir() / list_samples()[0]).read_bytes()
+    prepared = prepare_upload(sample, (1, 28, 28), mean, std)
+    fast = for_inference(ckpt.model)
+
+    at = new_app().run()
+    assert_clean(at)
+    slider = at.slider(key=state.BUDGET)
+    assert (slider.min, slider.max) == (min(SWEEP_BUDGETS), max(SWEEP_BUDGETS)) and slider.value == model.config.budget
+    flops = {}
+    for budget in (min(SWEEP_BUDGETS), max(SWEEP_BUDGETS)):
+        at.slider(key=state.BUDGET).set_value(budget).run()
+        assert_clean(at)
+        _, trace = fast(prepared.tensor, RoutingPolicy(0.5, None, budget=budget))
+        flops[budget] = metric(at, "DRNet FLOPs")
+        assert flops[budget] == _si(int(trace.flops[0])), budget
+        assert any(f"budget c = {budget:.2f}" in c.value for c in at.caption), "the caption names the budget"
+        curve = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if "current budget" in c.proto.spec)
+        star = next(t for t in curve["data"] if t.get("name") == "current budget")
+        assert (star["x"][0], star["y"][0]) == pytest.approx(sweep_point(load_sweep_csv(tmp_path), budget))
+    assert flops[min(SWEEP_BUDGETS)] != flops[max(SWEEP_BUDGETS)], "the budget moves the cost"
+
+
+def load_sweep_csv(models: Path) -> pd.DataFrame:
+    return pd.read_csv(models / "drnet" / "sweep.csv")

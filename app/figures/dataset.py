@@ -57,11 +57,12 @@ def sweep_curve(
     current: tuple[float, float] | None = None,
     baselines: dict[str, tuple[float, float]] | None = None,
 ) -> go.Figure:
-    """Test accuracy vs mean FLOPs, one point per routing threshold t.
+    """Test accuracy vs mean FLOPs, one point per routing threshold t, or per budget c for a DRNet
+    whose routers read a budget (a sweep with a varying ``budget`` column).
 
     Args:
-        sweep: columns threshold, accuracy (fraction), flops_mean, params_used_mean.
-        current: (mean FLOPs, accuracy) of the threshold in force, drawn as a star.
+        sweep: columns threshold, accuracy (fraction), flops_mean, params_used_mean (and budget).
+        current: (mean FLOPs, accuracy) of the setting in force, drawn as a star.
         baselines: name -> (mean FLOPs, accuracy) of static models, drawn as labelled diamonds.
     Example:
         >>> fig = sweep_curve(pd.DataFrame(ev["sweep"]), baselines={"MobileNetV2": (1.2e7, 0.93)})
@@ -71,25 +72,28 @@ def sweep_curve(
         return message_figure(title, "No threshold sweep: only routed models (DRNet) have one.")
     require(sweep, SWEEP_COLUMNS, "sweep_curve")
     data = sweep.sort_values("flops_mean")
-    # Only the two ends of the threshold range get a "t=" label (the lowest t above its point,
-    # the highest below): the thresholds in between often cost nearly the same and their labels
-    # would pile up. Every point still names its t on hover.
-    lowest, highest = data["threshold"].min(), data["threshold"].max()
-    labels = {lowest: (f"t={lowest:g}", "top center"), highest: (f"t={highest:g}", "bottom center")}
+    knob = "budget" if "budget" in data and data["budget"].nunique() > 1 else "threshold"
+    symbol, noun = ("c", "budget") if knob == "budget" else ("t", "threshold")
+    # Only the two ends of the range get a label (the lowest value above its point, the highest
+    # below): the values in between often cost nearly the same and their labels would pile up.
+    # Every point still names its value on hover.
+    lowest, highest = data[knob].min(), data[knob].max()
+    labels = {lowest: (f"{symbol}={lowest:g}", "top center"), highest: (f"{symbol}={highest:g}", "bottom center")}
     fig = go.Figure(
         go.Scatter(
             x=data["flops_mean"],
             y=data["accuracy"],
             mode="lines+markers+text",
-            text=[labels.get(t, ("", ""))[0] for t in data["threshold"]],
-            textposition=[labels.get(t, ("", "top center"))[1] for t in data["threshold"]],
+            text=[labels.get(v, ("", ""))[0] for v in data[knob]],
+            textposition=[labels.get(v, ("", "top center"))[1] for v in data[knob]],
             textfont={"size": 11, "color": GREY},
             cliponaxis=False,
-            customdata=data[["threshold", "params_used_mean"]].to_numpy(),
-            name="DRNet at threshold t",
+            customdata=data[[knob, "params_used_mean"]].to_numpy(),
+            name=f"DRNet at {noun} {symbol}",
             line={"color": ACCENT},
             hovertemplate=(
-                "threshold t = %{customdata[0]:.3g}<br>accuracy %{y:.1%}<br>mean %{x:.3s} FLOPs per image"
+                f"{noun} {symbol} = %{{customdata[0]:.3g}}"
+                "<br>accuracy %{y:.1%}<br>mean %{x:.3s} FLOPs per image"
                 "<br>mean params used %{customdata[1]:.3s}<extra></extra>"
             ),
         )
@@ -116,8 +120,9 @@ def sweep_curve(
                 mode="markers",
                 marker={"symbol": "star", "size": 18, "color": HIGHLIGHT, "line": {"width": 1, "color": "white"}},
                 cliponaxis=False,
-                name="current threshold",
-                hovertemplate="current threshold<br>accuracy %{y:.1%}<br>mean %{x:.3s} FLOPs per image<extra></extra>",
+                name=f"current {noun}",
+                hovertemplate=f"current {noun}"
+                + "<br>accuracy %{y:.1%}<br>mean %{x:.3s} FLOPs per image<extra></extra>",
             )
         )
     # Log x: a static baseline ten times DRNet's cost would otherwise squeeze the curve into the left edge.
@@ -134,7 +139,11 @@ def sweep_curve(
         ticktext=[_si(v) for v in ticks],
     )
     fig.update_yaxes(title="test accuracy", tickformat=".0%")
-    subtitle = "each point is one routing threshold t: a lower t runs more branches, costs more FLOPs"
+    subtitle = (
+        "each point is one budget c: the same weights, a higher c runs more branches, costs more FLOPs"
+        if knob == "budget"
+        else "each point is one routing threshold t: a lower t runs more branches, costs more FLOPs"
+    )
     fig = layout(fig, title, subtitle, height=440, legend=legend_below())
     fig.update_layout(margin={"b": 110})
     return fig

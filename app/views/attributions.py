@@ -37,7 +37,7 @@ def main() -> None:
         st.info("Pick a sample, upload a photo or take one above first.", icon=":material/arrow_upward:")
         return
     try:
-        a = analyse(models, source, settings.threshold, settings.top_k)
+        a = analyse(models, source, *settings.routing)
     except UploadError as err:
         st.error(f"**{ui.md(source.name)}** cannot be used: {err}", icon=":material/broken_image:")
         return
@@ -78,9 +78,7 @@ def method_ui(a: Analysis, models: ModelSet, names: list[str], method: str, sett
     columns = st.columns(len(names))
     for column, name in zip(columns, names, strict=True):
         with column, st.spinner(f"{TITLES[method]} for {LABELS[name]}…"):
-            result = explain(
-                models, models.key, a.source.digest, a.prepared.tensor, name, method, settings.threshold, settings.top_k
-            )
+            result = explain(models, models.key, a.source.digest, a.prepared.tensor, name, method, *settings.routing)
             title = f"{LABELS[name]} · {TITLES[method]} for “{models.class_names[result.target]}”"
             ui.chart(attribution_figure(result.heatmap, a.prepared.seen, title), key=f"attr_{method}_{name}")
             note = f"computed in {result.seconds:.1f} s"

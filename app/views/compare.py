@@ -91,7 +91,7 @@ def side_ui(side: str, default: str | None, models: ModelSet, settings: state.Se
         return None
     try:
         with st.spinner(f"Running {ui.md(source.name)}…"):
-            a = analyse(models, source, settings.threshold, settings.top_k)
+            a = analyse(models, source, *settings.routing)
     except UploadError as err:
         st.error(f"**{ui.md(source.name)}** cannot be used: {err}", icon=":material/broken_image:")
         return None

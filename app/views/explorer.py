@@ -157,7 +157,9 @@ def extremes_ui(drnet: dict, models: ModelSet) -> None:
                 label_visibility="collapsed",
             )
             item = items[index]
-            runs[kind] = run = run_pixels(models, item["pixels"], drnet["threshold"], drnet.get("top_k"))
+            runs[kind] = run = run_pixels(
+                models, item["pixels"], drnet["threshold"], drnet.get("top_k"), drnet.get("budget")
+            )
             picture, text = st.columns([1, 2])
             picture.image(ui.pixelated(item["pixels"], 112))
             text.markdown(

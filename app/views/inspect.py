@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
@@ -11,9 +12,10 @@ import streamlit as st
 from app import export, picker, state, ui
 from app.analysis import Analysis, ModelRun, analyse, load_calibrations
 from app.costs import dense_cell_flops
-from app.evaluations import load_eval, load_sweep, sweep_point
+from app.evaluations import load_eval, load_sweep, sweep_knob, sweep_point
 from app.figures import dataset, images, routing
 from app.figures.common import FLOPS_UNIT
+from app.figures.network import network_diagram
 from app.models import LABELS, ModelSet, load_models
 from app.timing import server_timing
 from drnets.ood import NOT_GARMENT
@@ -62,7 +64,7 @@ def analyses_ui(models: ModelSet, settings: state.Settings) -> list[Analysis]:
     for source in state.images():
         try:
             with st.spinner(f"Running {ui.md(source.name)}…"):
-                analyses.append(analyse(models, source, settings.threshold, settings.top_k))
+                analyses.append(analyse(models, source, *settings.routing))
         except UploadError as err:
             st.error(f"**{ui.md(source.name)}** cannot be used: {err}", icon=":material/broken_image:")
         except Exception:  # noqa: BLE001 - logged; one broken image must not hide the others
@@ -241,12 +243,22 @@ def routing_ui(a: Analysis, models: ModelSet, threshold: float) -> dict[str, go.
     st.markdown("#### The route DRNet took")
     trace = a.runs["drnet"].trace
     branches, cells = trace.branches_frame(), trace.cells_frame()
+    run = a.runs["drnet"]
     figs = {
+        "Network": network_diagram(
+            branches, threshold, answer=f"{models.class_names[run.pred]} ({run.confidence:.0%})"
+        ),
         "Gate weights": routing.gate_heatmap(branches, threshold),
         "Route": routing.route_sankey(branches),
         "FLOPs per cell": routing.cell_flops_bars(cells, dense_cell_flops(models)),
     }
-    gates, route, flops = st.tabs(["Gate weights", "Path through the cells", "FLOPs per cell"])
+    network, gates, route, flops = st.tabs(["The network", "Gate weights", "Path through the cells", "FLOPs per cell"])
+    with network:
+        st.caption(
+            "Every cell of the network, each edge a fan of its candidate branches: the ones this image ran in colour, "
+            "the skipped ones faded. *How a DRNet works* steps through it."
+        )
+        ui.chart(figs["Network"], key="network_diagram")
     with gates:
         st.caption(
             "Each row is one edge of a cell, each column a candidate branch. The colour is the router's weight "
@@ -267,7 +279,7 @@ def routing_ui(a: Analysis, models: ModelSet, threshold: float) -> dict[str, go.
 
 
 def sweep_ui(a: Analysis, models: ModelSet, settings: state.Settings) -> dict[str, go.Figure]:
-    st.markdown("#### Threshold vs accuracy on the whole test set")
+    st.markdown("#### Cost vs accuracy on the whole test set")
     sweep = load_sweep(models)
     if sweep.empty:
         st.caption(f"No threshold sweep found next to the DRNet ({models.directory}/drnet/sweep.csv or eval.json).")
@@ -277,14 +289,22 @@ def sweep_ui(a: Analysis, models: ModelSet, settings: state.Settings) -> dict[st
         evaluation = load_eval(models, name)
         if evaluation:
             baselines[LABELS[name]] = (evaluation["flops_mean"], evaluation["accuracy"])
-    # The sweep was run without a top-k limit, so the current setting lies on it only without one.
-    current = sweep_point(sweep, settings.threshold) if settings.top_k is None else None
+    # The sweep was run without a top-k limit (a budget sweep also at one threshold), so the current
+    # setting lies on it only without one (and at that threshold).
+    if sweep_knob(sweep) == "budget" and settings.budget is not None:
+        value, symbol, noun = settings.budget, "c", "budget"
+        on_curve = settings.top_k is None and np.isclose(settings.threshold, sweep["threshold"].iloc[0])
+    else:
+        value, symbol, noun = settings.threshold, "t", "threshold"
+        on_curve = settings.top_k is None
+    current = sweep_point(sweep, value) if on_curve else None
     fig = dataset.sweep_curve(sweep, current=current, baselines=baselines)
     ui.chart(fig, key="sweep_curve")
     where = (
-        f"The star is the threshold t = {settings.threshold:.2f} set in the sidebar; move it and the star moves along the curve."
+        f"The star is the {noun} {symbol} = {value:.2f} set in the sidebar; move it and the star moves along the curve."
         if current
-        else "The curve is without a top-k limit, so the current setting is not on it."
+        else "The curve was measured without a top-k limit and at the DRNet's own threshold, so the current "
+        "setting is not on it."
     )
     st.caption(f"{where} At this setting this image cost {ui.si(a.runs['drnet'].flops)} {FLOPS_UNIT}.")
     return {"Accuracy vs FLOPs": fig}
@@ -296,7 +316,8 @@ def export_ui(analyses: list[Analysis], models: ModelSet, settings: state.Settin
         samples, cells, branches = export.trace_frames(
             [a.runs["drnet"].trace for a in analyses], names, models.class_names
         )
-        meta = {"threshold": settings.threshold, "top_k": settings.top_k, "models": str(models.directory)}
+        meta = {"threshold": settings.threshold, "top_k": settings.top_k, "budget": settings.budget}
+        meta["models"] = str(models.directory)
         st.caption(
             f"DRNet's routing trace of {ui.plural(len(names), 'image')}: one row per image, cell, edge and branch."
         )

@@ -36,7 +36,7 @@ def main() -> None:
         )
         return
     try:
-        a = analyse(models, source, settings.threshold, settings.top_k)
+        a = analyse(models, source, *settings.routing)
     except UploadError as err:
         st.error(f"**{ui.md(source.name)}** cannot be used: {err}")
         return
