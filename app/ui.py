@@ -80,6 +80,13 @@ def verdict(model: str, answer: str, probability: float) -> None:
     st.metric(f"{model} says", answer, f"{probability:.0%} probability", delta_color="off", delta_arrow="off")
 
 
+def top_predictions(probs: np.ndarray, class_names: list[str], k: int = 3) -> None:
+    """The k most likely classes as plain progress bars: light enough for a phone and a class of
+    browsers on one page (the Plotly bars, ``app.figures.images.prediction_bars``, go to the exports)."""
+    for index in np.argsort(probs)[::-1][:k]:
+        st.progress(float(probs[index]), text=f"{class_names[index]} · {probs[index]:.1%}")
+
+
 def chart(fig: go.Figure, key: str) -> None:
     """A Plotly chart; its toolbar's camera icon saves a PNG in the browser."""
     st.plotly_chart(fig, key=key, config={"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}})

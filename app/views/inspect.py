@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -21,7 +23,28 @@ from app.timing import server_timing
 from drnets.ood import NOT_GARMENT
 from drnets.upload import UploadError
 
+FigureBuilder = Callable[[], go.Figure]  # figures are built when drawn or downloaded, not on every run
 IMAGE_PX = 96  # each of the three small views: three fit side by side on a 390 px phone
+ROUTE_TABS = {  # tab label -> (figure, caption)
+    "Gate weights": (
+        "Gate weights",
+        "Each row is one edge of a cell, each column a candidate branch. The colour is the router's weight "
+        "for this image; ● marks the branches that ran, faded ones were skipped and never computed.",
+    ),
+    "The network": (
+        "Network",
+        "Every cell of the network, each edge a fan of its candidate branches: the ones this image ran in colour, "
+        "the skipped ones faded. *How a DRNet works* steps through it.",
+    ),
+    "Path through the cells": (
+        "Route",
+        "Only the branches that ran, from the input through every cell to the classifier; wider links carry more weight.",
+    ),
+    "FLOPs per cell": (
+        "FLOPs per cell",
+        "What each cell spent on this image next to the same cell with every branch on (the dense supernet).",
+    ),
+}
 
 
 def main() -> None:
@@ -45,7 +68,7 @@ def main() -> None:
     current = next(a for a in analyses if a.source is focused)
     if len(analyses) > 1:
         summary_ui(analyses, models)
-    figs: dict[str, go.Figure] = {}
+    figs: dict[str, FigureBuilder] = {}
     with ui.guard("drawing the predictions"):
         figs |= image_ui(current, models)
     with ui.guard("computing the costs"):
@@ -102,7 +125,7 @@ def summary_ui(analyses: list[Analysis], models: ModelSet) -> None:
     st.caption("Choose which image the views below show under *Show details for* above.")
 
 
-def image_ui(a: Analysis, models: ModelSet) -> dict[str, go.Figure]:
+def image_ui(a: Analysis, models: ModelSet) -> dict[str, FigureBuilder]:
     st.subheader(ui.md(a.source.name))
     left, right = st.columns([1, 3], gap="large")
     with left:
@@ -131,11 +154,12 @@ def image_ui(a: Analysis, models: ModelSet) -> dict[str, go.Figure]:
         columns = st.columns(len(a.runs))
         for column, (name, run) in zip(columns, a.runs.items(), strict=True):
             probs = run.calibrated if run.calibrated is not None else run.probs
-            fig = images.prediction_bars(probs, models.class_names, top_k=3)
-            figs[f"{LABELS[name]} predictions"] = fig
+            figs[f"{LABELS[name]} predictions"] = functools.partial(
+                images.prediction_bars, probs, models.class_names, top_k=3
+            )
             with column:
                 verdict_ui(name, run, models)
-                ui.chart(fig, key=f"pred_{name}")
+                ui.top_predictions(probs, models.class_names)
         calibration_note(a, models)
     return figs
 
@@ -239,46 +263,29 @@ def cost_ui(a: Analysis, models: ModelSet) -> None:
     st.caption(f"Latency: {timing.describe()}")
 
 
-def routing_ui(a: Analysis, models: ModelSet, threshold: float) -> dict[str, go.Figure]:
+def routing_ui(a: Analysis, models: ModelSet, threshold: float) -> dict[str, FigureBuilder]:
     st.markdown("#### The route DRNet took")
-    trace = a.runs["drnet"].trace
-    branches, cells = trace.branches_frame(), trace.cells_frame()
     run = a.runs["drnet"]
+    branches, cells = run.trace.branches_frame(), run.trace.cells_frame()
+    answer = f"{models.class_names[run.pred]} ({run.confidence:.0%})"
     figs = {
-        "Network": network_diagram(
-            branches, threshold, answer=f"{models.class_names[run.pred]} ({run.confidence:.0%})"
-        ),
-        "Gate weights": routing.gate_heatmap(branches, threshold),
-        "Route": routing.route_sankey(branches),
-        "FLOPs per cell": routing.cell_flops_bars(cells, dense_cell_flops(models)),
+        "Network": functools.partial(network_diagram, branches, threshold, answer=answer),
+        "Gate weights": functools.partial(routing.gate_heatmap, branches, threshold),
+        "Route": functools.partial(routing.route_sankey, branches),
+        "FLOPs per cell": functools.partial(routing.cell_flops_bars, cells, dense_cell_flops(models)),
     }
-    network, gates, route, flops = st.tabs(["The network", "Gate weights", "Path through the cells", "FLOPs per cell"])
-    with network:
-        st.caption(
-            "Every cell of the network, each edge a fan of its candidate branches: the ones this image ran in colour, "
-            "the skipped ones faded. *How a DRNet works* steps through it."
-        )
-        ui.chart(figs["Network"], key="network_diagram")
-    with gates:
-        st.caption(
-            "Each row is one edge of a cell, each column a candidate branch. The colour is the router's weight "
-            "for this image; ● marks the branches that ran, faded ones were skipped and never computed."
-        )
-        ui.chart(figs["Gate weights"], key="gate_heatmap")
-    with route:
-        st.caption(
-            "Only the branches that ran, from the input through every cell to the classifier; wider links carry more weight."
-        )
-        ui.chart(figs["Route"], key="route_sankey")
-    with flops:
-        st.caption(
-            "What each cell spent on this image next to the same cell with every branch on (the dense supernet)."
-        )
-        ui.chart(figs["FLOPs per cell"], key="cell_flops")
+    # Only the open tab is built and drawn: four Plotly charts at once cost a phone (and a class
+    # sharing one server) more than the rerun that choosing a tab takes.
+    tabs = st.tabs(list(ROUTE_TABS), key="route_tab", on_change="rerun")
+    for tab, (figure, caption) in zip(tabs, ROUTE_TABS.values(), strict=True):
+        if tab.open:
+            with tab:
+                st.caption(caption)
+                ui.chart(figs[figure](), key=f"route_{figure.lower().replace(' ', '_')}")
     return figs
 
 
-def sweep_ui(a: Analysis, models: ModelSet, settings: state.Settings) -> dict[str, go.Figure]:
+def sweep_ui(a: Analysis, models: ModelSet, settings: state.Settings) -> dict[str, FigureBuilder]:
     st.markdown("#### Cost vs accuracy on the whole test set")
     sweep = load_sweep(models)
     if sweep.empty:
@@ -307,10 +314,12 @@ def sweep_ui(a: Analysis, models: ModelSet, settings: state.Settings) -> dict[st
         "setting is not on it."
     )
     st.caption(f"{where} At this setting this image cost {ui.si(a.runs['drnet'].flops)} {FLOPS_UNIT}.")
-    return {"Accuracy vs FLOPs": fig}
+    return {"Accuracy vs FLOPs": lambda: fig}
 
 
-def export_ui(analyses: list[Analysis], models: ModelSet, settings: state.Settings, figs: dict[str, go.Figure]) -> None:
+def export_ui(
+    analyses: list[Analysis], models: ModelSet, settings: state.Settings, figs: dict[str, FigureBuilder]
+) -> None:
     with st.expander("Export the trace and the figures"):
         names = [a.source.name for a in analyses]
         samples, cells, branches = export.trace_frames(
@@ -344,11 +353,11 @@ def export_ui(analyses: list[Analysis], models: ModelSet, settings: state.Settin
             "Figures as interactive HTML pages (they open offline). For a PNG, use the camera icon in each chart's toolbar."
         )
         columns = st.columns(3)
-        for i, (name, fig) in enumerate(figs.items()):
+        for i, (name, build) in enumerate(figs.items()):
             slug = re.sub(r"\W+", "_", name.lower())
             columns[i % 3].download_button(
                 f"{name} (HTML)",
-                lambda fig=fig: export.figure_html(fig),
+                lambda build=build: export.figure_html(build()),  # built when asked for
                 file_name=f"{slug}.html",
                 mime="text/html",
                 key=f"download_{slug}",
