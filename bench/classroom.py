@@ -37,6 +37,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -137,6 +138,20 @@ def rss_points(uploads: int, baseline: int, every: int = RSS_EVERY) -> list[int]
     if uploads < 1:
         return []
     return sorted({baseline_at(uploads, baseline), uploads, *range(every, uploads + 1, every)})
+
+
+RUN_LOG = re.compile(r"page '(?P<page>[^']+)' ran in (?P<ms>\d+) ms")  # app/main.py logs every page run
+
+
+def server_runs(log_text: str) -> dict[str, Any]:
+    """The server's own time per page run (app/main.py logs it), without the browser's share."""
+    ms = [int(m["ms"]) for m in RUN_LOG.finditer(log_text)]
+    return {
+        "runs": len(ms),
+        "median_ms": statistics.median(ms) if ms else None,
+        "max_ms": max(ms) if ms else None,
+        "total_s": sum(ms) / 1000,
+    }
 
 
 def summarize(seconds: Sequence[float | None]) -> dict[str, Any]:
@@ -522,11 +537,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     errors: dict[str, str] = {}
 
     def phase_run(key: str, measure: Callable[[], dict[str, Any]]) -> None:
-        """A phase that breaks for a reason other than time is reported as broken; the others still run."""
+        """A phase that breaks for a reason other than time is reported as broken; the others still run.
+        The server's own time for the page runs of the phase comes from its log."""
+        start = server.log.stat().st_size
         try:
             report.update(measure())
         except PlaywrightError as err:
             errors[key] = (str(err).splitlines() or [type(err).__name__])[0]
+        with open(server.log, errors="replace") as log:
+            log.seek(start)
+            report.setdefault("server_runs", {})[key] = server_runs(log.read())
 
     with tempfile.TemporaryDirectory(prefix="drnets-classroom-") as tmp, started_server(Path(tmp)) as server:
         spawned = time.monotonic()
@@ -616,6 +636,13 @@ def show(report: dict[str, Any]) -> None:
         print(f"  growth {mem['baseline_uploads']} -> {mem['uploads']} uploads: {growth}; "
               f"upload -> answer median {_s(mem['upload']['median_s'])}, "
               f"{mem['upload']['answered']}/{mem['upload']['total']} answered")  # fmt: skip
+    if report.get("server_runs"):
+        print("\n== the server's own time per page run (its log; no browser in it)")
+        print(f"  {'phase':14s} {'runs':>5s} {'median':>9s} {'max':>9s} {'total':>9s}")
+        for key, row in report["server_runs"].items():
+            median = "-" if row["median_ms"] is None else f"{row['median_ms']:.0f} ms"
+            most = "-" if row["max_ms"] is None else f"{row['max_ms']:.0f} ms"
+            print(f"  {key:14s} {row['runs']:5d} {median:>9s} {most:>9s} {row['total_s']:7.1f} s")
     print("\n== goals (issue 20)")
     for goal in report["goals"]:
         value = goal["value"]

@@ -178,3 +178,14 @@ def test_report_prints_each_goal_and_survives_missing_numbers(capsys: pytest.Cap
     assert "30 students at once: all answered" in out and "NOT met" in out
     assert "unanswered" in out
     assert json.loads(json.dumps(report, default=str))["headline"]["students_30_all_answered"] is False
+
+
+def test_server_runs_reads_the_page_run_lines_of_the_server_log() -> None:
+    log = (
+        "2026-12-04 00:23:54.706 page 'Inspect an image' ran in 1421 ms\n"
+        "2026-12-04 00:23:55.000 some other line\n"
+        "2026-12-04 00:23:58.881 page 'Attributions' ran in 684 ms\n"
+        "2026-12-04 00:24:04.542 page 'Inspect an image' ran in 500 ms\n"
+    )
+    assert classroom.server_runs(log) == {"runs": 3, "median_ms": 684, "max_ms": 1421, "total_s": 2.605}
+    assert classroom.server_runs("") == {"runs": 0, "median_ms": None, "max_ms": None, "total_s": 0.0}
