@@ -37,6 +37,10 @@ if TYPE_CHECKING:
     from app.models import ModelSet
 
 
+FAST_METHODS = ("saliency", "gradcam")  # the attributions the Attributions page computes at once
+EXPLAINED_MODELS = ("drnet", "mobilenetv2")  # the models it explains side by side
+
+
 def max_upload_bytes() -> int:
     """The upload limit in bytes: ``server.maxUploadSize`` (MB), set in streamlit_config.toml.
 

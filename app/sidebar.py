@@ -31,16 +31,24 @@ def render() -> None:
             routing_ui(models)
 
 
+def default_routing(drnet: DRNet | None) -> tuple[float, int | None, float | None]:
+    """(threshold, top_k, budget) a session starts with: the DRNet's own, within the sliders' ranges."""
+    if drnet is None:
+        return 0.1, None, None
+    budget = float(drnet.config.budget) if drnet.config.budgeted else None
+    return float(min(drnet.config.threshold, MAX_THRESHOLD)), None, budget
+
+
 def routing_ui(models: ModelSet) -> None:
     st.subheader("Routing")
     drnet = models.drnet()
     budget_ui(drnet)
-    default = min(drnet.config.threshold, MAX_THRESHOLD) if drnet is not None else 0.1
+    threshold, _, _ = default_routing(drnet)
     st.slider(
         "Threshold t",
         0.0,
         MAX_THRESHOLD,
-        value=float(default),
+        value=threshold,
         step=0.01,
         key=state.THRESHOLD,
         help="A branch runs only if the router gives it a weight of at least t. Higher t: fewer branches, fewer FLOPs.",
@@ -64,7 +72,7 @@ def budget_ui(drnet: DRNet | None) -> None:
         "Budget c",
         BUDGET_RANGE[0],
         BUDGET_RANGE[1],
-        value=float(drnet.config.budget),
+        value=default_routing(drnet)[2],
         step=0.01,
         key=state.BUDGET,
         help="The share of the routed branches' FLOPs the routers aim to spend. Lower c: cheaper routes; "

@@ -2,29 +2,41 @@
 
 A fresh Streamlit server imports nothing until the first page is requested, so without this the
 first student waits for torch, Plotly and Captum to import, three checkpoints to load and the models
-to be timed (about 14 s on two cores). ``app.launch`` runs ``warm`` in a background thread as the
-server starts; the work lands in the same process-wide caches (``st.cache_resource``) the pages
-read, and a visitor who comes before it finishes waits only for what is still missing.
+to be timed (about 14 s on two cores). ``app.serve`` runs ``warm`` before Streamlit starts serving,
+so the server answers its health check only once the first page is cheap; the work lands in the
+process-wide caches (``st.cache_resource``) the pages read.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from streamlit.logger import get_logger
 
+if TYPE_CHECKING:
+    from app.models import ModelSet
+
 log = get_logger("drnets.app")
-THREAD_NAME = "drnets-warm"
+# Streamlit warns that cached functions called outside a page run are in "bare mode"; here that is the point.
+BARE_MODE_LOGGERS = (
+    "streamlit.runtime.scriptrunner_utils.script_run_context",
+    "streamlit.runtime.caching.cache_data_api",
+)
 
 
 def warm() -> None:
     """Everything the first page needs, for every model folder the server offers."""
     started = time.perf_counter()
-    # The bare-mode warnings Streamlit logs for cached calls made outside a page run say nothing here.
-    for name in ("streamlit.runtime.scriptrunner_utils.script_run_context", "streamlit.runtime.caching.cache_data_api"):
-        logging.getLogger(name).addFilter(_not_from_this_thread)
+    with _quiet(BARE_MODE_LOGGERS):
+        _warm_every_folder()
+    log.info("warm: models loaded and timed in %.1f s", time.perf_counter() - started)
+
+
+def _warm_every_folder() -> None:
     import plotly.graph_objects  # noqa: F401 - imported now so the first page does not wait for it
 
     import app.figures.dataset  # noqa: F401
@@ -43,16 +55,40 @@ def warm() -> None:
                 continue
             load_calibrations(models, models.key)
             server_timing(models, models.key)
+            _warm_first_visit(models)
         except Exception:  # noqa: BLE001 - a broken folder must not stop the server; the page says what is wrong
             log.exception("warming the models of %s", label)
-    log.info("warm: models loaded and timed in %.1f s", time.perf_counter() - started)
 
 
-def _not_from_this_thread(record: logging.LogRecord) -> bool:
-    return record.threadName != THREAD_NAME
+def _warm_first_visit(models: ModelSet) -> None:
+    """What a first visit computes at the default settings: the first sample through every model,
+    and its attributions. They land in the pages' st.cache_data caches, which outlive this call."""
+    from app.analysis import EXPLAINED_MODELS, FAST_METHODS, analyse, explain
+    from app.sidebar import default_routing
+    from app.state import first_sample
+
+    source = first_sample()
+    if source is None:
+        return
+    routing = default_routing(models.drnet())
+    a = analyse(models, source, *routing)
+    for method in FAST_METHODS:
+        for name in (n for n in EXPLAINED_MODELS if n in a.runs):
+            explain(models, models.key, a.source.digest, a.prepared.tensor, name, method, *routing)
 
 
-def warm_in_background() -> threading.Thread:
-    thread = threading.Thread(target=warm, name=THREAD_NAME, daemon=True)
-    thread.start()
-    return thread
+@contextmanager
+def _quiet(names: tuple[str, ...]) -> Iterator[None]:
+    """Drop what these loggers say while the block runs."""
+    loggers = [logging.getLogger(name) for name in names]
+    for logger in loggers:
+        logger.addFilter(_drop)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(_drop)
+
+
+def _drop(record: logging.LogRecord) -> bool:
+    return False

@@ -5,21 +5,19 @@ from __future__ import annotations
 import streamlit as st
 
 from app import picker, state, ui
-from app.analysis import Analysis, analyse, explain
+from app.analysis import EXPLAINED_MODELS, FAST_METHODS, Analysis, analyse, explain
 from app.figures.images import attribution_figure
 from app.models import LABELS, ModelSet, load_models
 from drnets.attribution import METHOD_NOTES
 from drnets.upload import UploadError
 
-FAST = ("saliency", "gradcam")
-SLOW = ("integrated_gradients", "occlusion")
+SLOW = ("integrated_gradients", "occlusion")  # on request; FAST_METHODS come at once
 TITLES = {
     "saliency": "Saliency",
     "gradcam": "Grad-CAM",
     "integrated_gradients": "Integrated Gradients",
     "occlusion": "Occlusion",
 }
-COMPARED = ("drnet", "mobilenetv2")
 
 
 def main() -> None:
@@ -41,9 +39,9 @@ def main() -> None:
     except UploadError as err:
         st.error(f"**{ui.md(source.name)}** cannot be used: {err}", icon=":material/broken_image:")
         return
-    names = [n for n in COMPARED if n in a.runs]
+    names = [n for n in EXPLAINED_MODELS if n in a.runs]
     header_ui(a, models, names)
-    for method in FAST:
+    for method in FAST_METHODS:
         with ui.guard(f"computing {TITLES[method]}"):
             method_ui(a, models, names, method, settings)
     requested = st.session_state[state.SLOW_ATTRIBUTIONS]
