@@ -29,7 +29,8 @@ page = st.navigation(
         st.Page("views/teaching.py", title="How a DRNet works", icon=":material/school:"),
     ]
 )
-sidebar.render()
-page.run()
+with ui.one_run_at_a_time():
+    sidebar.render()
+    page.run()
 # What the server spent on this run, for operators and bench/classroom.py (the browser's share is not in it).
 ui.log.info("page %r ran in %.0f ms", page.title, (time.perf_counter() - started) * 1e3)

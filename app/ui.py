@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -16,6 +17,18 @@ from app.models import ModelSet
 log = get_logger("drnets.app")  # Streamlit's handler and level (logger.level in streamlit_config.toml)
 # What the DRNet paper reports on CIFAR-10, as shares of MobileNetV2's cost; the pages compare with it.
 PAPER_FLOPS_SHARE, PAPER_PARAMS_SHARE = 0.3101, 0.0870
+
+
+# One page run at a time, in the order they came. A class uploading at once on a small server would
+# otherwise share the CPU (and the GIL) between every run, so every student waits as long as the
+# last one; in turn, the first answer comes after one run and the median after half of them.
+_RUNS = threading.Lock()
+
+
+@contextmanager
+def one_run_at_a_time() -> Iterator[None]:
+    with _RUNS:
+        yield
 
 
 @contextmanager

@@ -42,9 +42,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,7 @@ from typing import Any
 from drnets.argtypes import non_negative_int, positive_int
 
 from .common import ROOT, cpu_model
+from .protocol_client import ProtocolStudent
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -106,6 +109,9 @@ GOALS = (
     Goal("students_8_median_s", "8 students at once: upload -> answer (median)", 5.0),
     Goal("students_30_all_answered", "30 students at once: all answered", None, ""),
     Goal("students_30_median_s", "30 students at once: upload -> answer (median)", 10.0),
+    Goal("light_8_median_s", "8 protocol clients at once: median", 5.0),
+    Goal("light_30_all_answered", "30 protocol clients at once: all answered", None, ""),
+    Goal("light_30_median_s", "30 protocol clients at once: median", 10.0),
     Goal("rss_growth_mb", "server RSS growth, baseline -> last upload", 150.0, "MB"),
 )
 
@@ -119,6 +125,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="class sizes to try, one after another (default: 8 30; none: skip)")  # fmt: skip
     parser.add_argument("--uploads", type=non_negative_int, default=500,
                         help="sequential uploads in one session for the memory phase (default 500; 0: skip)")  # fmt: skip
+    parser.add_argument("--light", type=positive_int, nargs="*", default=[8, 30], metavar="N",
+                        help="class sizes for students without a browser (bench.protocol_client), uploading at "
+                        "once from threads (default: 8 30; none: skip)")  # fmt: skip
     parser.add_argument("--baseline", type=positive_int, default=50,
                         help="uploads after which the baseline RSS is read (default 50)")  # fmt: skip
     parser.add_argument("--timeout", type=positive_int, default=180,
@@ -188,6 +197,9 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
     for row in report.get("students", []):
         out[f"students_{row['n']}_all_answered"] = row["all_answered"]
         out[f"students_{row['n']}_median_s"] = row["median_s"]
+    for row in report.get("light", []):
+        out[f"light_{row['n']}_all_answered"] = row["all_answered"]
+        out[f"light_{row['n']}_median_s"] = row["median_s"]
     if "memory" in report:
         out["rss_growth_mb"] = report["memory"]["growth_mb"]
     return out
@@ -487,6 +499,34 @@ def students(phase: Phase, n: int) -> dict[str, Any]:
             context.close()
 
 
+def light_students(port: int, n: int, images: Iterator[bytes], timeout_s: float) -> dict[str, Any]:
+    """N protocol clients open the app, then upload a different image each at the same moment (threads
+    released by one barrier); each times its own upload -> finished rerun with its heading and cost."""
+    clients = [ProtocolStudent(port, timeout_s) for _ in range(n)]
+    try:
+        started = time.monotonic()
+        with ThreadPoolExecutor(n) as pool:
+            list(pool.map(lambda client: client.open_page(), clients))
+            opened_s = time.monotonic() - started
+            files = [(f"light{n}-{i}.png", next(images)) for i in range(n)]
+            barrier = threading.Barrier(n)
+
+            def answer(i: int) -> float | None:
+                name, data = files[i]
+                barrier.wait()
+                try:
+                    run = clients[i].upload(name, data)
+                except (OSError, TimeoutError, RuntimeError):
+                    return None
+                return run.seconds if name in run.headings and ANSWER in run.metrics else None
+
+            seconds = list(pool.map(answer, range(n)))
+    finally:
+        for client in clients:
+            client.close()
+    return {"n": n, "opened_s": opened_s, "seconds": seconds, **summarize(seconds)}
+
+
 def memory(phase: Phase, uploads: int, baseline: int) -> dict[str, Any]:
     """Sequential uploads of distinct images in one session; the server's RSS at the points of ``rss_points``."""
     pid = phase.server.process.pid  # app.launch execs Streamlit: its pid is the server's
@@ -532,7 +572,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not Path(args.chromium).exists():
         raise SystemExit(f"bench.classroom: {args.chromium} is missing; `make system-deps` installs Debian's chromium")
     info = machine()
-    images = png_images(SINGLE_UPLOADS + sum(args.students) + args.uploads)
+    images = png_images(SINGLE_UPLOADS + sum(args.students) + sum(args.light) + args.uploads)
     report: dict[str, Any] = {"command": "python -m bench.classroom " + " ".join(sys.argv[1:]), "machine": info}
     errors: dict[str, str] = {}
 
@@ -569,6 +609,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             report["students"] = []
             for n in args.students:
                 phase_run(f"students_{n}", lambda n=n: {"students": [*report["students"], students(phase, n)]})
+            report["light"] = []
+            for n in args.light:
+                phase_run(
+                    f"light_{n}",
+                    lambda n=n: {
+                        "light": [*report["light"], light_students(server.port, n, phase.images, args.timeout)]
+                    },
+                )
             report["server"]["rss_mb_after_students"] = rss_mb(server.process.pid)
             if args.uploads:
                 phase_run("memory", lambda: {"memory": memory(phase, args.uploads, args.baseline)})
@@ -625,6 +673,12 @@ def show(report: dict[str, Any]) -> None:
         for row in report["students"]:
             spread = "-" if row["uploads_spread_s"] is None else f"{row['uploads_spread_s']:.2f} s"
             print(f"  {row['n']:3d} {row['opened_s']:9.1f} s {spread:>12s} {row['answered']:4d}/{row['total']:<4d} "
+                  f"{_s(row['median_s']):>11s} {_s(row['max_s']):>11s}")  # fmt: skip
+    if report.get("light"):
+        print("\n== students without a browser (bench.protocol_client), uploading at once from threads")
+        print(f"  {'N':>3s} {'pages open':>11s} {'answered':>9s} {'median':>11s} {'max':>11s}")
+        for row in report["light"]:
+            print(f"  {row['n']:3d} {row['opened_s']:9.1f} s {row['answered']:4d}/{row['total']:<4d} "
                   f"{_s(row['median_s']):>11s} {_s(row['max_s']):>11s}")  # fmt: skip
     if "memory" in report:
         mem = report["memory"]

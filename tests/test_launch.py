@@ -139,3 +139,38 @@ def test_started_app_has_the_settings_in_force(app_server: AppServer) -> None:
     if "TMPDIR" not in os.environ and launch.RAM_DIR.parent.is_dir():
         environ = Path(f"/proc/{app_server.pid}/environ").read_bytes().split(b"\0")
         assert f"TMPDIR={launch.RAM_DIR}".encode() in environ, "uploads spooled by Starlette stay in memory"
+
+
+def test_students_without_a_browser_upload_at_once_and_get_their_own_answers(app_server: AppServer) -> None:
+    """bench/classroom.py's lighter load: three protocol clients upload different images at the same
+    moment; each rerun ends with its own file's heading and the cost the DRNet computes for it."""
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    from app.sidebar import default_routing
+    from app.ui import si
+    from bench.protocol_client import ProtocolStudent
+    from drnets.checkpoint import load_checkpoint
+    from drnets.data import load_dataset
+
+    files = []
+    for i, pixels in enumerate(load_dataset("fashion-mnist", "test").images[10:13, ..., 0].numpy()):
+        out = io.BytesIO()
+        Image.fromarray(pixels).save(out, "PNG")
+        files.append((f"student{i}.png", out.getvalue()))
+    students = [ProtocolStudent(app_server.port) for _ in files]
+    try:
+        for student in students:
+            assert student.open_page().uploader_id, "the page has the uploader"
+        with ThreadPoolExecutor(len(files)) as pool:
+            runs = list(pool.map(lambda pair: pair[0].upload(*pair[1]), zip(students, files, strict=True)))
+    finally:
+        for student in students:
+            student.close()
+    threshold = default_routing(load_checkpoint(app_server.models / "drnet").model)[0]  # a new session's
+    for run, (name, data) in zip(runs, files, strict=True):
+        reference = appkit.drnet_reference(app_server.models, data, threshold)
+        assert name in run.headings
+        assert run.metrics["DRNet FLOPs"] == si(reference.flops) and run.metrics["DRNet says"] == reference.answer

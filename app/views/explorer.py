@@ -121,16 +121,22 @@ def usage_ui(drnet: dict) -> None:
     if usage.empty:
         st.caption("No branch usage in eval.json.")
         return
-    by_class, by_cell = st.tabs(["By class", "By cell"])
-    with by_class:
-        cells = sorted(usage["cell"].unique())
-        cell = st.selectbox(
-            "Cell", [ALL_CELLS, *cells], key="usage_cell", format_func=lambda c: c if c == ALL_CELLS else f"cell {c}"
-        )
-        shown = usage if cell == ALL_CELLS else usage[usage["cell"] == cell]
-        ui.chart(dataset.branch_usage_heatmap(shown), key="usage_by_class")
-    with by_cell:
-        ui.chart(dataset.branch_usage_heatmap(pd.DataFrame(drnet.get("cell_usage") or [])), key="usage_by_cell")
+    by_class, by_cell = st.tabs(["By class", "By cell"], key="usage_tab", on_change="rerun")  # the open one is drawn
+    if by_class.open:
+        with by_class:
+            _usage_by_class(usage)
+    if by_cell.open:
+        with by_cell:
+            ui.chart(dataset.branch_usage_heatmap(pd.DataFrame(drnet.get("cell_usage") or [])), key="usage_by_cell")
+
+
+def _usage_by_class(usage: pd.DataFrame) -> None:
+    cells = sorted(usage["cell"].unique())
+    cell = st.selectbox(
+        "Cell", [ALL_CELLS, *cells], key="usage_cell", format_func=lambda c: c if c == ALL_CELLS else f"cell {c}"
+    )
+    shown = usage if cell == ALL_CELLS else usage[usage["cell"] == cell]
+    ui.chart(dataset.branch_usage_heatmap(shown), key="usage_by_class")
 
 
 EXTREMES = {"cheapest": "Cheapest", "most_expensive": "Most expensive"}
@@ -169,10 +175,13 @@ def extremes_ui(drnet: dict, models: ModelSet) -> None:
     if not runs:
         return
     for tab, (kind, run) in zip(
-        st.tabs([f"Route of the {EXTREMES[k].lower()} image" for k in runs]), runs.items(), strict=True
+        st.tabs([f"Route of the {EXTREMES[k].lower()} image" for k in runs], key="extreme_tab", on_change="rerun"),
+        runs.items(),
+        strict=True,
     ):
-        with tab:
-            ui.chart(gate_heatmap(run.trace.branches_frame(), drnet["threshold"]), key=f"extreme_gates_{kind}")
+        if tab.open:  # only the open route is drawn
+            with tab:
+                ui.chart(gate_heatmap(run.trace.branches_frame(), drnet["threshold"]), key=f"extreme_gates_{kind}")
 
 
 main()
