@@ -133,7 +133,8 @@ def overlaps(boxes: list[dict]) -> list[tuple[dict, dict]]:
 
 
 def assert_fits_the_screen(page) -> None:
-    """Nothing wider than the viewport, and no two tick labels of one chart axis on top of each other."""
+    """Nothing wider than the viewport (the page, its charts, its pictures), and no two tick labels of
+    one chart axis on top of each other."""
     width = page.viewport_size["width"]
     main = page.evaluate(
         "(() => { const m = document.querySelector('[data-testid=stMain]'); return m.scrollWidth; })()"
@@ -150,7 +151,10 @@ def assert_fits_the_screen(page) -> None:
                 })),
         }))"""
     )
-    assert charts, "no charts on the page"
+    pictures = page.evaluate(
+        "[...document.querySelectorAll('[data-testid=stMain] img')].map(i => i.getBoundingClientRect().width)"
+    )
+    assert all(w <= width + 1 for w in pictures), f"a picture wider than the {width} px screen: {pictures}"
     for chart in charts:
         assert chart["width"] <= width + 1, f"{chart['title']!r} is {chart['width']} px wide in a {width} px screen"
         for labels in chart["axes"]:

@@ -404,17 +404,20 @@ def test_prediction_bars_labels_stay_inside_the_plot(routed):
     assert tuple(fig.layout.xaxis.range) == (0, 1.0)  # outside labels only on bars below 50%
 
 
-def test_attribution_figure_overlays_the_heatmap_on_what_the_model_saw(routed):
+def test_attribution_overlay_blends_the_heatmap_over_what_the_model_saw(routed):
     _, data, _, _ = routed
     image = data.images[0, :, :, 0].numpy()
-    heat = image.astype(float) / 255.0
-    fig = images.attribution_figure(heat, image, "Saliency · DRNet")
-    gray, overlay = fig.data
-    np.testing.assert_array_equal(gray.z, image)
-    np.testing.assert_array_equal(overlay.z, heat)
-    assert fig.layout.yaxis.scaleanchor == "x" and fig.layout.xaxis.visible is False
-    assert "importance" in overlay.hovertemplate
+    heat = np.zeros(image.shape)
+    heat[0, 0], heat[0, 1] = 1.0, 0.25
+    picture = images.attribution_overlay(heat, image, size=224)
+    assert picture.shape == (224, 224, 3) and picture.dtype == np.uint8  # 8x8 blocks per pixel
+    blocks = picture[::8, ::8]
+    np.testing.assert_array_equal(blocks[1:, :, 0], image[1:])  # importance 0: the gray image, untouched
+    assert (blocks[1:, :, 0] == blocks[1:, :, 2]).all()
+    top = np.rint(image[0, 0] * 0.15 + np.array([220, 0, 0]) * 0.85)
+    np.testing.assert_array_equal(blocks[0, 0], top)  # importance 1: mostly red
+    np.testing.assert_array_equal(blocks[0, 1], np.rint(image[0, 1] * 0.75 + np.array([255, 200, 0]) * 0.25))
     rgb = np.repeat(image[..., None], 3, axis=2)
-    np.testing.assert_allclose(images.attribution_figure(heat, rgb, "rgb").data[0].z, image, atol=1e-9)
+    np.testing.assert_array_equal(images.attribution_overlay(heat, rgb), picture)
     with pytest.raises(ValueError, match="does not match"):
-        images.attribution_figure(heat[:10], image, "bad")
+        images.attribution_overlay(heat[:10], image)

@@ -62,56 +62,36 @@ def _grayscale(image: np.ndarray) -> np.ndarray:
     raise ValueError(f"expected an image of shape [H, W] or [H, W, C], got {pixels.shape}")
 
 
-# Transparent where the attribution is ~0 so the garment shows through; hot where it matters.
-ATTRIBUTION_COLORSCALE = [
-    [0.0, "rgba(255,255,0,0)"],
-    [0.25, "rgba(255,200,0,0.25)"],
-    [0.6, "rgba(255,90,0,0.6)"],
-    [1.0, "rgba(220,0,0,0.85)"],
-]
+# (importance, red, green, blue, opacity): transparent where the attribution is ~0 so the garment
+# shows through, hot where it matters.
+ATTRIBUTION_COLORS = np.array(
+    [
+        [0.0, 255, 255, 0, 0.0],
+        [0.25, 255, 200, 0, 0.25],
+        [0.6, 255, 90, 0, 0.6],
+        [1.0, 220, 0, 0, 0.85],
+    ]
+)
 
 
-def attribution_figure(heatmap: np.ndarray, image: np.ndarray, title: str) -> go.Figure:
-    """An attribution map over the grayscale image the model saw, square pixels, no axes.
+def attribution_overlay(heatmap: np.ndarray, image: np.ndarray, size: int = 224) -> np.ndarray:
+    """An attribution map over the grayscale image the model saw, as one RGB picture, each pixel
+    enlarged to a square block: four of them on a page cost a phone nothing, four Plotly charts do.
 
     Args:
         heatmap: [H, W] importance in [0, 1] (``Attribution.heatmap``).
         image: uint8 [H, W] or [H, W, C], exactly what the model saw (``PreparedImage.seen``).
-        title: e.g. "Grad-CAM · DRNet".
+        size: the picture's longest side is at least this many px (a whole multiple of the image's).
     Returns:
-        Trace 0: the image in gray; trace 1: the heatmap, transparent where importance is low.
+        uint8 [H * f, W * f, 3]: the image's gray blended with ATTRIBUTION_COLORS by importance.
     """
-    gray = _grayscale(image)
-    heat = np.asarray(heatmap, dtype=float)
+    gray = _grayscale(image).astype(float)
+    heat = np.clip(np.asarray(heatmap, dtype=float), 0.0, 1.0)
     if heat.shape != gray.shape:
         raise ValueError(f"heatmap shape {heat.shape} does not match the image's {gray.shape}")
-    fig = go.Figure()
-    fig.add_trace(
-        go.Heatmap(
-            z=gray,
-            zmin=0,
-            zmax=255,
-            colorscale=[[0, "black"], [1, "white"]],
-            showscale=False,
-            hoverinfo="skip",
-            name="image",
-        )
-    )
-    fig.add_trace(
-        go.Heatmap(
-            z=heat,
-            zmin=0.0,
-            zmax=1.0,
-            colorscale=ATTRIBUTION_COLORSCALE,
-            customdata=gray,
-            hovertemplate=(
-                "pixel (x %{x}, y %{y})<br>importance %{z:.2f} (1 = most important)"
-                "<br>brightness %{customdata:.0f} of 255<extra></extra>"
-            ),
-            colorbar={"title": {"text": "importance"}, "tickvals": [0, 0.5, 1], "thickness": 12},
-            name="importance",
-        )
-    )
-    fig.update_xaxes(visible=False, constrain="domain")
-    fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x", constrain="domain")
-    return layout(fig, title, height=340, top=50, plot_bgcolor="black")
+    stops = ATTRIBUTION_COLORS[:, 0]
+    colour = np.stack([np.interp(heat, stops, ATTRIBUTION_COLORS[:, k]) for k in (1, 2, 3)], axis=-1)
+    alpha = np.interp(heat, stops, ATTRIBUTION_COLORS[:, 4])[..., None]
+    blended = np.rint(gray[..., None] * (1 - alpha) + colour * alpha).astype(np.uint8)
+    factor = max(1, -(-size // max(gray.shape)))
+    return blended.repeat(factor, axis=0).repeat(factor, axis=1)

@@ -6,11 +6,12 @@ import streamlit as st
 
 from app import picker, state, ui
 from app.analysis import EXPLAINED_MODELS, FAST_METHODS, Analysis, analyse, explain
-from app.figures.images import attribution_figure
+from app.figures.images import attribution_overlay
 from app.models import LABELS, ModelSet, load_models
 from drnets.attribution import METHOD_NOTES
 from drnets.upload import UploadError
 
+OVERLAY_PX = 224  # two side by side fit a laptop's half; one fills a phone's width
 SLOW = ("integrated_gradients", "occlusion")  # on request; FAST_METHODS come at once
 TITLES = {
     "saliency": "Saliency",
@@ -72,13 +73,13 @@ def header_ui(a: Analysis, models: ModelSet, names: list[str]) -> None:
 
 def method_ui(a: Analysis, models: ModelSet, names: list[str], method: str, settings: state.Settings) -> None:
     st.markdown(f"#### {TITLES[method]}")
-    st.caption(METHOD_NOTES[method])
+    st.caption(f"{METHOD_NOTES[method]} Red: the pixels that mattered most; clear: little or none.")
     columns = st.columns(len(names))
     for column, name in zip(columns, names, strict=True):
         with column, st.spinner(f"{TITLES[method]} for {LABELS[name]}…"):
             result = explain(models, models.key, a.source.digest, a.prepared.tensor, name, method, *settings.routing)
-            title = f"{LABELS[name]} · {TITLES[method]} for “{models.class_names[result.target]}”"
-            ui.chart(attribution_figure(result.heatmap, a.prepared.seen, title), key=f"attr_{method}_{name}")
+            title = f"{LABELS[name]} · for “{models.class_names[result.target]}”"
+            st.image(attribution_overlay(result.heatmap, a.prepared.seen), caption=title, width=OVERLAY_PX)
             note = f"computed in {result.seconds:.1f} s"
             if result.delta is not None:
                 note += (
