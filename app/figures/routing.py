@@ -27,7 +27,9 @@ from app.figures.common import (
     branch_color,
     branch_label,
     branch_order,
+    branch_short,
     branch_ticks,
+    cell_label,
     cell_labels,
     colorbar_below,
     edge_label,
@@ -134,6 +136,9 @@ def gate_heatmap(branches: pd.DataFrame, threshold: float) -> go.Figure:
     return fig
 
 
+KEY_PER_ROW = 4  # branch colours per line of the path figure's key: four fit a phone's width
+
+
 def route_sankey(branches: pd.DataFrame) -> go.Figure:
     """Path diagram of one image's route: input -> each cell's nodes -> its output, one link per branch that ran.
 
@@ -166,7 +171,9 @@ def route_sankey(branches: pd.DataFrame) -> go.Figure:
             # plotly ignores nodes placed exactly on 0 or 1; the wider last gap keeps room for the
             # final node's label, which plotly draws on its left
             x = 0.999 if column == last_column else 0.001 + 0.998 * column / (last_column + 0.5)
-            for attr, v in zip(node_attrs, (label, hover, color, x, 0.5), strict=True):
+            # no text on the nodes: at a phone's width "in0 n0 n1 out" of five cells run together;
+            # every node names itself on hover
+            for attr, v in zip(node_attrs, ("", hover, color, x, 0.5), strict=True):
                 node_attrs[attr].append(v)
         return nodes[key]
 
@@ -223,16 +230,27 @@ def route_sankey(branches: pd.DataFrame) -> go.Figure:
         )
     )
     used = branch_order(ran["branch"])
-    key = " &nbsp; ".join(f"<span style='color:{branch_color(b)}'>■</span> {branch_label(b)}" for b in used)
-    fig.add_annotation(text=key, x=0, y=-0.06, xref="paper", yref="paper", showarrow=False, xanchor="left")
+    entries = [f"<span style='color:{branch_color(b)}'>■</span> {branch_short(b)}" for b in used]
+    rows = [" &nbsp; ".join(entries[i : i + KEY_PER_ROW]) for i in range(0, len(entries), KEY_PER_ROW)]
+    fig.add_annotation(
+        text="<br>".join(rows), x=0, y=-0.04, xref="paper", yref="paper", showarrow=False, xanchor="left",
+        yanchor="top", align="left",
+    )  # fmt: skip
     for p, c in enumerate(order):  # a header over each cell's columns
         middle = 0.001 + 0.998 * (1 + p * per_cell + (per_cell - 1) / 2) / (last_column + 0.5)
         fig.add_annotation(
-            text=f"<b>{cells[c]}</b>", x=middle, y=1.0, xref="paper", yref="paper", showarrow=False, yanchor="bottom"
+            text=f"<b>{cell_label(c)}</b>",
+            x=middle,
+            y=1.0,
+            xref="paper",
+            yref="paper",
+            showarrow=False,
+            yanchor="bottom",
+            hovertext=cells[c],
         )
     subtitle = f"{len(ran)} branches ran · link width = gate weight · colour = branch (hover a link for details)"
     fig = layout(fig, title, subtitle, height=460, top=TITLE_MARGIN + 20)
-    fig.update_layout(margin={"b": 50})
+    fig.update_layout(margin={"b": 30 + 18 * len(rows)})
     return fig
 
 
