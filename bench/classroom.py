@@ -45,7 +45,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -331,11 +331,16 @@ class Server:
         return ""
 
 
+def shipped_models_env() -> dict[str, str]:
+    """This environment without DRNETS_MODELS_DIR: the server offers the shipped models first."""
+    return {k: v for k, v in os.environ.items() if k != "DRNETS_MODELS_DIR"}
+
+
 @contextlib.contextmanager
-def started_server(folder: Path) -> Iterator[Server]:
-    """``python -m app.launch --server.port <free port>``, the README's way, with the shipped models."""
+def started_server(folder: Path, env: Mapping[str, str]) -> Iterator[Server]:
+    """``python -m app.launch --server.port <free port>``, the README's way, in ``env``; its log in ``folder``.
+    tests/appkit.py starts the tests' server with it too."""
     port, log = free_port(), folder / "server.log"
-    env = {k: v for k, v in os.environ.items() if k != "DRNETS_MODELS_DIR"}
     with open(log, "w") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "app.launch", "--server.port", str(port)],
@@ -588,7 +593,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log.seek(start)
             report.setdefault("server_runs", {})[key] = server_runs(log.read())
 
-    with tempfile.TemporaryDirectory(prefix="drnets-classroom-") as tmp, started_server(Path(tmp)) as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="drnets-classroom-") as tmp,
+        started_server(Path(tmp), shipped_models_env()) as server,
+    ):
         spawned = time.monotonic()
         with sync_playwright() as playwright:
             try:

@@ -9,11 +9,6 @@ app and its tests run on real models, just untrained ones.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.classroom import started_server
 from drnets.checkpoint import load_checkpoint, save_checkpoint
 from drnets.data import FASHION_MNIST_CLASSES, load_dataset, normalization
 from drnets.evaluate import evaluate, write_results
@@ -37,7 +33,6 @@ STANDIN = {
     "dense": {"channels": 8, "num_nodes": 2},
     "mobilenetv2": {"width_mult": 0.25},
 }
-STARTUP_SECONDS = 240  # a cold start imports torch, plotly and streamlit; slow on a loaded 2-core machine
 EVAL_IMAGES = 48  # enough for every class to appear in eval.json, small enough for a 2-core CI
 
 
@@ -113,26 +108,6 @@ def drnet_reference(models_dir: Path, data: bytes, threshold: float) -> Referenc
 # ---- the app started the README's way, shared by test_launch and test_e2e ----
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(port: int, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the app exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    raise AssertionError(f"no healthy app on port {port} after {STARTUP_SECONDS} s:\n{log.read_text()}")
-
-
 @dataclass(frozen=True)
 class AppServer:
     port: int
@@ -153,20 +128,7 @@ def app_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def app_server(tmp_path_factory: pytest.TempPathFactory, app_models: Path) -> Iterator[AppServer]:
     """``python -m app.launch --server.port <free port>`` in a subprocess, as `make run` does."""
-    tmp, models = tmp_path_factory.mktemp("server"), app_models
-    port, log = free_port(), tmp / "server.log"
-    env = dict(os.environ, DRNETS_MODELS_DIR=str(models), OMP_NUM_THREADS="1")
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app.launch", "--server.port", str(port)],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        wait_healthy(port, process, log)
-        yield AppServer(port, models, process.pid)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    env = dict(os.environ, DRNETS_MODELS_DIR=str(app_models), OMP_NUM_THREADS="1")
+    with started_server(tmp_path_factory.mktemp("server"), env) as server:
+        server.wait_healthy()
+        yield AppServer(server.port, app_models, server.process.pid)

@@ -20,6 +20,7 @@ from appkit import AppServer
 from PIL import Image
 
 from app.ui import si
+from bench.classroom import STARTUP_SECONDS
 from drnets.data import FASHION_MNIST_CLASSES, load_dataset
 
 pytestmark = pytest.mark.e2e
@@ -29,7 +30,7 @@ playwright = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = appkit.ROOT / "test-artifacts"
-WAIT_MS = appkit.STARTUP_SECONDS * 1000
+WAIT_MS = STARTUP_SECONDS * 1000
 BROKEN_PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + b"truncated"
 PHONE = {"width": 390, "height": 844}
 LAPTOP = {"width": 1400, "height": 1000}

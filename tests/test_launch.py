@@ -12,9 +12,10 @@ from pathlib import Path
 
 import appkit
 import pytest
-from appkit import STARTUP_SECONDS, AppServer
+from appkit import AppServer
 
 from app import launch
+from bench.classroom import STARTUP_SECONDS
 
 MB = 1024 * 1024
 # Session fixtures from appkit: one server (and one models folder) for test_launch and test_e2e.

@@ -63,11 +63,6 @@ def branch_label(name: str) -> str:
     return re.sub(r"(\d)x(\d)", "\\1×\\2", name.replace("_", " "))
 
 
-def branch_tick(name: str) -> str:
-    """Two-line axis tick, 'sep conv<br>3×3'."""
-    return "<br>".join(branch_label(name).rsplit(" ", 1))
-
-
 def branch_short(name: str) -> str:
     """'sep_conv_3x3' -> 'sep 3×3', 'max_pool_3x3' -> 'max pool', 'skip_connect' -> 'skip': tick-sized."""
     label = branch_label(name).replace(" conv", "").replace(" connect", "")
