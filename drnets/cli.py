@@ -73,6 +73,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate of the one-cycle schedule")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--init-from", default=None,
+                   help="checkpoint folder to start from where weight names and shapes match (new routers start fresh)")  # fmt: skip
     g = p.add_argument_group("routing")
     g.add_argument("--cost-weight", type=float, default=d.cost_weight, help="lambda on the expected-FLOPs loss")
     g.add_argument("--cost-scaling", choices=COST_SCALINGS, default=d.cost_scaling,

@@ -34,7 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .augment import photo_augment
-from .checkpoint import atomic_write, atomic_write_text, save_checkpoint
+from .checkpoint import atomic_write, atomic_write_text, load_checkpoint, save_checkpoint
 from .data import ImageSet, augment, load_dataset, normalization, to_input
 from .device import cudnn_suits_training, pick_device
 from .losses import budget_step, cost_ramp, training_loss
@@ -90,6 +90,10 @@ class TrainConfig:
     # the branches learn something before the routers learn to cut them (Li et al. switch on at 40%).
     cost_warmup: float = 0.0
     seed: int = 0
+    # Start from another checkpoint's weights wherever a name and shape match (BlockDrop learns its
+    # policy on a trained backbone): a budgeted DRNet takes a softmax DRNet's stem, branches and
+    # classifier; its routers, which the checkpoint lacks, start fresh.
+    init_from: str | None = None
     limit: int | None = None  # train on the first N images only (smoke tests)
     augment: str = "crop-flip"  # "photo" adds what upload preprocessing cannot undo (drnets.augment)
     model_overrides: str = "{}"  # JSON dict of model-config overrides, e.g. '{"channels": 16}'
@@ -218,6 +222,18 @@ def build_model(cfg: TrainConfig, data: ImageSet) -> nn.Module:
     return create_model(cfg.model, **overrides)
 
 
+def warm_start(model: nn.Module, checkpoint: str) -> list[str]:
+    """Copy ``checkpoint``'s weights into ``model`` wherever a name and shape match; returns the names
+    of ``model``'s tensors left as initialised. Refuses a checkpoint of another architecture."""
+    loaded = load_checkpoint(checkpoint)
+    if type(loaded.model) is not type(model):
+        raise ValueError(f"--init-from {checkpoint}: it holds a {loaded.name}, not a {type(model).__name__}")
+    source, target = loaded.model.state_dict(), model.state_dict()
+    matched = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
+    model.load_state_dict(matched, strict=False)
+    return [k for k in target if k not in matched]
+
+
 def build_optimizer(cfg: TrainConfig, model: nn.Module, total_steps: int):
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps)
@@ -324,6 +340,8 @@ def fit(
     total_steps = per_epoch * cfg.epochs
     optimizer, scheduler = build_optimizer(cfg, model, total_steps)
     start_epoch, history = 0, []
+    if state is None and cfg.init_from:
+        warm_start(model, cfg.init_from)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

@@ -17,9 +17,10 @@ import pytest
 import torch
 from fakedata import TINY_DRNET, write_idx_dataset
 
-from drnets.checkpoint import load_checkpoint
+from drnets.checkpoint import load_checkpoint, save_checkpoint
 from drnets.cli import main
-from drnets.train import STATE_FILE
+from drnets.model import create_model
+from drnets.train import STATE_FILE, warm_start
 
 EPOCHS = 3
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -151,6 +152,7 @@ def test_execution_settings_are_recorded_and_the_process_setting_restored(data_r
         (["--lr", "nan"], "lr must be > 0, got nan"),
         (["--cost-weight", "-1"], "cost_weight must be >= 0, got -1.0"),
         (["--layout", "nhwc"], "invalid choice: 'nhwc'"),
+        (["--init-from", "/nonexistent/ckpt"], "checkpoint folder /nonexistent/ckpt does not exist"),
     ],
 )
 def test_bad_flags_give_a_clear_error(
@@ -164,6 +166,27 @@ def test_bad_flags_give_a_clear_error(
         code = exit_info.code
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_a_budgeted_drnet_starts_from_a_softmax_drnets_weights(reference_run: Path) -> None:
+    """--init-from copies every tensor whose name and shape match; the sigmoid routers start fresh."""
+    source = load_checkpoint(reference_run / "model").model.state_dict()
+    config = {**json.loads(TINY_DRNET), "router_input": "cell", "gate": "sigmoid", "budgeted": True, "threshold": 0.5}
+    model = create_model("drnet", **config)
+    fresh = warm_start(model, str(reference_run / "model"))
+    weights = model.state_dict()
+    assert fresh and all(".router." in name for name in fresh)
+    copied = [k for k in weights if k not in fresh]
+    assert any(k.startswith("stem.") for k in copied) and any(".branches." in k for k in copied)
+    assert all(torch.equal(weights[k], source[k]) for k in copied)
+
+
+def test_a_checkpoint_of_another_architecture_is_refused(reference_run: Path, tmp_path: Path) -> None:
+    other = create_model("mobilenetv2", width_mult=0.25)
+    save_checkpoint(tmp_path / "mnv2", other, "mobilenetv2", [str(i) for i in range(10)], {})
+    model = create_model("drnet", **json.loads(TINY_DRNET))
+    with pytest.raises(ValueError, match="it holds a mobilenetv2, not a DRNet"):
+        warm_start(model, str(tmp_path / "mnv2"))
 
 
 def _saved(obj: object) -> bytes:
