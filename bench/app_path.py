@@ -1,9 +1,9 @@
 """The app's path at batch 1: upload bytes -> preprocessing -> prediction + trace + FLOPs,
 and the four attribution methods.
 
-The upload is a real Fashion-MNIST test image made to look like a product photo: scaled
-up to 600x600, light background, RGB JPEG, so decoding, inverting, cropping and resizing
-all do real work. ``app_path_ms`` covers ``prepare_upload`` + the forward pass (the model
+The upload is a real Fashion-MNIST test image made into a phone photo (``drnets.photos``: a
+garment on a fabric surface, 1200x900 JPEG), so decoding, GrabCut, straightening, cropping and
+resizing all do real work. ``app_path_ms`` covers ``prepare_upload`` + the forward pass (the model
 the settings give: the fast path by default) + reading the class probabilities and the
 image's FLOPs; building the trace's tidy tables is reported on its own (``tables_ms``).
 The attribution methods explain the plain model (they need autograd and its modules).
@@ -19,8 +19,11 @@ import io
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
+
+from drnets.photos import render
 
 from .common import (
     Loaded,
@@ -39,17 +42,16 @@ from .common import (
     settings_from_args,
 )
 
-PHOTO_SIZE = 600  # pixels per side of the synthetic product photo
 IG_STEPS = 32  # the issue's Integrated Gradients budget: <= 2 s at 32 steps
 
 
-def photo_bytes(size: int = PHOTO_SIZE) -> bytes:
-    """Fashion-MNIST test image 0 as a light-background RGB JPEG of ``size`` x ``size``."""
+def photo_bytes() -> bytes:
+    """Fashion-MNIST test image 0 as a phone photo: a 1200x900 or 900x1200 JPEG of the garment on a
+    fabric surface, with shadow and uneven light (``drnets.photos.render``), so GrabCut runs."""
     data, _ = eval_images(1)
-    gray = Image.fromarray(data.images[0, :, :, 0].numpy(), mode="L").resize((size, size), Image.Resampling.BICUBIC)
-    photo = ImageOps.invert(gray).convert("RGB")
+    photo, labels = render(data.images[0, :, :, 0].numpy(), "fabric", np.random.default_rng(0))
     buffer = io.BytesIO()
-    photo.save(buffer, format="JPEG", quality=90)
+    Image.fromarray(photo).save(buffer, format="JPEG", quality=labels["quality"])
     return buffer.getvalue()
 
 

@@ -67,6 +67,10 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--limit", type=int, default=None, help="use only the first N training images")
     g.add_argument("--augment", choices=AUGMENTATIONS, default=d.augment,
                    help="crop-flip, or photo: also scale, tilt, shift, contrast, blur, noise and mask errors")  # fmt: skip
+    g.add_argument("--photo-pool", action="append", default=[], metavar="DIR",
+                   help="a `drnets photos --split train` folder to mix in, prepared as uploads are (repeatable)")  # fmt: skip
+    g.add_argument("--photo-share", type=float, default=d.photo_share,
+                   help="share of the training set the pool photos make up (default 0.25)")  # fmt: skip
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=positive_int, default=d.epochs)
     g.add_argument("--batch-size", type=positive_int, default=d.batch_size)

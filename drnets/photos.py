@@ -1,10 +1,11 @@
-"""A seeded set of phone-style garment photos made from Fashion-MNIST test images, and the
-accuracy of every model on it, overall and per condition.
+"""A seeded set of phone-style garment photos made from Fashion-MNIST images, and the accuracy
+of every model on it, overall and per condition.
 
 Real uploads are phone photos: a garment filling part of a 1200x900 frame, slightly turned, on a
 bed sheet, a wooden floor, a coloured or dark surface, with a soft shadow, light falling off
-towards the corners and JPEG compression. Each photo here is made from one TEST image (never a
-training image): the 28x28 image upscaled smoothly and tinted. Fashion-MNIST is light-on-black
+towards the corners and JPEG compression. Each photo here is made from one 28x28 image, upscaled
+smoothly and tinted: a test image for the evaluation set, a training image for a training pool
+(``drnets.photo_pool``), so the set a model is measured on never shows an image it learnt from. Fashion-MNIST is light-on-black
 because its product photos were negated, so an item's brightness there is its darkness in the
 original photo: the item's mean brightness sets how dark it is drawn, its detail modulates a
 plausible garment colour, and light, mid and dark garments all occur.
@@ -52,7 +53,8 @@ class PhotoLabel:
     file: str
     label: int
     class_name: str
-    test_index: int
+    split: str
+    index: int
     background: str
     size: str
     tilt: str
@@ -64,33 +66,35 @@ class PhotoLabel:
     quality: int
 
 
-def write_photos(out: Path | str, n: int = 300, seed: int = 0, data_root: str | None = None) -> list[PhotoLabel]:
+def write_photos(
+    out: Path | str, n: int = 300, seed: int = 0, data_root: str | None = None, split: str = "test"
+) -> list[PhotoLabel]:
     """Write ``n`` JPEG photos and ``labels.csv`` to ``out``; the same seed gives the same files.
 
-    Classes are balanced (photo i shows class i mod 10), each photo draws its test image and
+    Classes are balanced (photo i shows class i mod 10), each photo draws its ``split`` image and
     conditions from its own generator seeded by (seed, i), and backgrounds cycle through
     ``BACKGROUNDS`` so every kind is equally common.
     """
     if n < 1:
         raise ValueError(f"--n must be at least 1, got {n}")
-    test = load_dataset("fashion-mnist", "test", data_root)
+    source = load_dataset("fashion-mnist", split, data_root)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    labels = test.labels.numpy()
-    by_class = [np.flatnonzero(labels == c) for c in range(len(test.class_names))]
+    labels = source.labels.numpy()
+    by_class = [np.flatnonzero(labels == c) for c in range(len(source.class_names))]
     rows = []
     for i in range(n):
         rng = np.random.default_rng([seed, i])
         label = i % len(by_class)
         index = int(rng.choice(by_class[label]))
         background = BACKGROUNDS[(i // len(by_class)) % len(BACKGROUNDS)]
-        photo, row = render(test.images[index, ..., 0].numpy(), background, rng)
+        photo, row = render(source.images[index, ..., 0].numpy(), background, rng)
         name = f"{i:04d}_{label}.jpg"
         ok, encoded = cv2.imencode(".jpg", photo[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, row["quality"]])
         if not ok:
             raise RuntimeError(f"could not encode {name}")
         (out / name).write_bytes(encoded.tobytes())
-        rows.append(PhotoLabel(name, label, test.class_names[label], index, **row))
+        rows.append(PhotoLabel(name, label, source.class_names[label], split, index, **row))
     with open(out / LABELS_CSV, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(asdict(rows[0])))
         writer.writeheader()
@@ -100,7 +104,12 @@ def write_photos(out: Path | str, n: int = 300, seed: int = 0, data_root: str | 
 
 def read_labels(photos: Path | str) -> list[PhotoLabel]:
     with open(Path(photos) / LABELS_CSV, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+    if reader.fieldnames != list(PhotoLabel.__dataclass_fields__):
+        raise ValueError(
+            f"{Path(photos) / LABELS_CSV} has other columns than `drnets photos` writes; write the set again"
+        )
     types = {name: field.type for name, field in PhotoLabel.__dataclass_fields__.items()}
     cast = {"int": int, "float": float, "str": str}
     return [PhotoLabel(**{k: cast[types[k]](v) for k, v in row.items()}) for row in rows]
@@ -357,12 +366,14 @@ def format_report(result: dict) -> str:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("photos", help="write a seeded phone-style photo set from Fashion-MNIST test images")
+    p = sub.add_parser("photos", help="write a seeded phone-style photo set from Fashion-MNIST images")
     p.add_argument("--out", type=Path, required=True, help="folder for the JPEGs and labels.csv")
     p.add_argument("--n", type=positive_int, default=300, help="number of photos (default 300)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", default=None, help="Fashion-MNIST folder (default: the Debian files)")
-    p.set_defaults(func=lambda a: print(f"wrote {len(write_photos(a.out, a.n, a.seed, a.data_root))} photos to {a.out}") or 0)  # fmt: skip
+    p.add_argument("--split", choices=("test", "train"), default="test",
+                   help="test: an evaluation set (the default); train: a pool for `drnets train --photo-pool`")  # fmt: skip
+    p.set_defaults(func=lambda a: print(f"wrote {len(write_photos(a.out, a.n, a.seed, a.data_root, a.split))} photos to {a.out}") or 0)  # fmt: skip
     p = sub.add_parser("photos-eval", help="accuracy of every model on a photo set, overall and per condition")
     p.add_argument("--photos", type=Path, required=True, help="a folder written by `drnets photos`")
     p.add_argument("--models", type=Path, default=Path("assets/models"), help="folder of checkpoint folders")

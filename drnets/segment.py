@@ -3,8 +3,12 @@
 A phone photo of a garment has a textured, shaded or coloured background (a bed sheet, a wooden
 floor, a vignette): a trim of the pixels near the background colour keeps most of the frame
 there. OpenCV's GrabCut models the object and the background as colour mixtures, seeded by a
-rectangle (outside it: background), and cuts along strong edges with a graph cut, so grain,
-weave and falloff stay background as long as the border of the photo shows them.
+rectangle (outside it: background), and cuts along strong edges with a graph cut, so grain
+and weave stay background as long as the border of the photo shows them. Light falling off
+towards the corners does not: the middle of the surface is brighter than any border pixel, so
+GrabCut called it object (a garment inside a bright disc). ``flatten_lighting`` first divides
+the image by a smooth illumination fitted to the border ring (a quadratic in x and y of the log
+brightness, which holds a vignette around an off-centre light and a gradient across the frame).
 
 GrabCut runs on a copy shrunk to ``SEGMENT_SIZE`` px (longest side) with ``ITERATIONS``
 iterations and the rectangle ``BORDER`` px in from the edge. On the generated phone-style photo
@@ -32,6 +36,8 @@ MAX_AREA = 0.75  # ...and at most this share: beyond, GrabCut kept (nearly) its 
 MIN_CONTRAST = 0.8  # object's mean colour vs the background's, in units of the background's spread
 MAX_TILT = 15.0  # degrees: larger minAreaRect angles are a garment's shape, not a tilted camera
 MIN_TILT = 1.0  # degrees: smaller ones are not worth a resampling
+LIGHT_RING = 0.06  # width of the border ring the illumination is fitted to, share of the shorter side
+LIGHT_OUTLIERS = 2.5  # ring pixels further than this many robust sigmas from the fit are refitted without
 
 NOT_FOUND = "no clear object found, the whole frame used"
 
@@ -72,6 +78,7 @@ def find_object(rgb: np.ndarray) -> Segmentation:
     if min(small_size) < MIN_SIDE:
         return _not_found((h, w), "the image is too small or too thin to separate an object")
     small = cv2.resize(rgb, small_size, interpolation=cv2.INTER_AREA) if scale < 1 else rgb
+    small = flatten_lighting(small)
     small_mask = grabcut(small)
     small_mask = main_parts(small_mask)
     reason = implausible(small, small_mask)
@@ -79,6 +86,33 @@ def find_object(rgb: np.ndarray) -> Segmentation:
         return _not_found((h, w), reason)
     mask = _upscale(small_mask, (h, w))
     return Segmentation(mask, True, "", tilt(small_mask))
+
+
+def flatten_lighting(rgb: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3] -> the same image with the illumination seen on its border divided out.
+
+    The log brightness of a border ring is fitted by a quadratic in (x, y) (three passes, dropping
+    outliers such as a garment touching the border); the fit, relative to its median on the ring,
+    divides every pixel, so the surface reads about as bright in the middle as at the edges.
+    """
+    h, w = rgb.shape[:2]
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    x, y = x / w - 0.5, y / h - 0.5
+    terms = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=-1)
+    r = max(2, round(min(h, w) * LIGHT_RING))
+    ring = np.zeros((h, w), bool)
+    ring[:r] = ring[-r:] = ring[:, :r] = ring[:, -r:] = True
+    log_light = np.log(rgb.astype(np.float32).mean(axis=-1) + 4.0)
+    a, b = terms[ring], log_light[ring]
+    keep = np.ones(b.shape, bool)
+    for _ in range(3):
+        coef = np.linalg.lstsq(a[keep], b[keep], rcond=None)[0]
+        residual = b - a @ coef
+        sigma = 1.4826 * float(np.median(np.abs(residual - np.median(residual)))) + 1e-3
+        keep = np.abs(residual) < LIGHT_OUTLIERS * sigma
+    light = terms @ coef
+    light -= np.median(light[ring])
+    return np.clip(rgb.astype(np.float32) / np.exp(light)[..., None], 0, 255).astype(np.uint8)
 
 
 def grabcut(rgb: np.ndarray) -> np.ndarray:

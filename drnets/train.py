@@ -24,7 +24,7 @@ import math
 import os
 import pickle
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from .data import ImageSet, augment, load_dataset, normalization, to_input
 from .device import cudnn_suits_training, pick_device
 from .losses import budget_step, cost_ramp, training_loss
 from .model import DRNet, create_model
+from .photo_pool import mixed, prepared_pool
 
 STATE_FILE = "train_state.pt"
 STATE_KEYS = {"model", "optimizer", "scheduler", "epoch", "history"}
@@ -96,6 +97,10 @@ class TrainConfig:
     init_from: str | None = None
     limit: int | None = None  # train on the first N images only (smoke tests)
     augment: str = "crop-flip"  # "photo" adds what upload preprocessing cannot undo (drnets.augment)
+    # `drnets photos --split train` folders, prepared as uploads are, mixed in as this share of the
+    # training set (drnets.photo_pool); photo augmentation leaves them as the upload path made them.
+    photo_pool: list[str] = field(default_factory=list)
+    photo_share: float = 0.25
     model_overrides: str = "{}"  # JSON dict of model-config overrides, e.g. '{"channels": 16}'
     log_every: int = 50
     # CUDA only, how to run rather than what to learn: True/False forces cuDNN's convolutions on or
@@ -131,6 +136,8 @@ class TrainConfig:
             raise ValueError(
                 f"budgets must satisfy 0 < budget_min <= budget_max < 1, got {self.budget_min}, {self.budget_max}"
             )
+        if not 0 < self.photo_share < 1:
+            raise ValueError(f"photo_share must lie in (0, 1), got {self.photo_share}")
         if not 0 <= self.cost_warmup < 1:
             raise ValueError(f"cost_warmup must lie in [0, 1), got {self.cost_warmup}")
 
@@ -206,11 +213,14 @@ def make_batch(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     augmentation: str = "crop-flip",
+    photos_from: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augmented, normalised inputs [B, C, H, W] and labels [B] for the samples ``idx``."""
+    """Augmented, normalised inputs [B, C, H, W] and labels [B] for the samples ``idx``; samples
+    from ``photos_from`` on are prepared photos and get no photo augmentation."""
     images = augment(data.images[idx], gen)
     if augmentation == "photo":
-        images = photo_augment(images, gen)
+        plain = idx < (photos_from if photos_from is not None else len(data))
+        images[plain] = photo_augment(images[plain], gen)
     return to_input(images, mean, std), data.labels[idx]
 
 
@@ -330,6 +340,9 @@ def fit(
     seed_everything(cfg.seed, ctx.device)
     data = load_dataset(cfg.data, "train", cfg.data_root).subset(cfg.limit)
     channels, h, w = data.images.shape[-1], data.images.shape[1], data.images.shape[2]
+    photos_from = len(data)
+    if cfg.photo_pool:
+        data = mixed(data, prepared_pool(cfg.photo_pool, (channels, h, w), data.class_names), cfg.photo_share)
     mean, std = normalization(cfg.data, channels)
     model = build_model(cfg, data).to(ctx.device)
     torch.backends.cudnn.enabled = cfg.cudnn if cfg.cudnn is not None else cudnn_suits_training(model, ctx.device)
@@ -374,7 +387,8 @@ def fit(
         started = time.perf_counter()
         bar = tqdm(range(per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and ctx.is_main))
         for i in bar:
-            x, y = make_batch(data, order[i * cfg.batch_size : (i + 1) * cfg.batch_size], gen, mean, std, cfg.augment)
+            batch = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            x, y = make_batch(data, batch, gen, mean, std, cfg.augment, photos_from)
             x, y = x.to(ctx.device), y.to(ctx.device)
             if nhwc:
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -11,7 +11,8 @@ generate"): trim the background (pixels within 5% of the background colour), fit
 longest side to the frame, centre, and negate, so the object is light on black. That trim
 needs a uniform background; when the photo's border varies (texture, shading, a vignette)
 the object is found with GrabCut instead (``drnets.segment``), straightened if slightly
-tilted, and its brightness taken relative to the background's median. When no plausible
+tilted, and negated with its own darkest and lightest pixels stretched to 255 and 0 (a
+garment's colour and the room's light say nothing about its class). When no plausible
 object is found the whole frame is used and ``PreparedImage.unsure`` says so. Three-
 channel models (CIFAR-style, full-frame photos) get a centre crop and a resize.
 """
@@ -36,12 +37,18 @@ WORK_SIZE = 1024  # longest side while cropping: keeps memory small, keeps small
 DISPLAY_SIZE = 512  # longest side of the thumbnail shown back to the user
 TRIM_TOLERANCE = 0.05 * 255  # Zalando's trim: "within 5% of the maximum possible intensity"
 NOISE_SIGMAS = 3.0  # a pixel belongs to the object if it differs from the background by more
-UNIFORM_SPREAD = TRIM_TOLERANCE  # border's 5th percentile this close to its median: the trim works
+UNIFORM_SPREAD = TRIM_TOLERANCE  # border's 5th percentile this close to its median...
+CLEAN_NOISE = 1.5  # ...and its noise (grey levels) this low: a studio backdrop or a drawing, where the trim works
 SPECKLE_NOISE = 1.0  # above this background noise (grey levels), drop isolated pixels before cropping
 BACKGROUND_DIM = 0.35  # the object view shows the background at this brightness
 BOX_COLOUR = (255, 140, 0)
 ELONGATED = 10  # aspect ratios beyond this get a note: the object ends up a few pixels thin
-PEAK_PERCENTILE = 99  # of the object's pixels, mapped to 255 (a specular highlight must not dim the rest)
+STRETCH_PERCENTILES = (
+    1,
+    50,
+    99,
+)  # of a segmented object's pixels: 1st -> 255, 99th -> 0 (one glint must not dim the rest)
+MIN_STRETCH_SPAN = 48.0  # grey levels: an object spanning fewer is not stretched further, its median goes to mid-grey
 HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 EXIF_ORIENTATION = 0x0112
 # Leading bytes of common non-images, to say what a refused file looks like.
@@ -314,24 +321,31 @@ def fashion_form(
 ) -> Framing:
     """uint8 [h, w] photo -> uint8 ``size`` image in Fashion-MNIST form, and where it came from.
 
-    A light background (border median > 127) is inverted. On a uniform background the object
-    is the region that differs from the background by more than 5% or 3 noise sigmas; it is
-    cropped, the background level is mapped to 0, and the crop is fitted and centred. On a
-    varied background (and with ``segment``) the object is found by GrabCut in ``colour``
-    (uint8 [h, w, 3], or ``gray`` when None) instead. An image that is already ``size`` with a
-    black background is used exactly as is.
+    An image that is already ``size`` on a black (or, inverted, white) background is used as
+    is. On a clean, uniform background (a studio backdrop, a drawing, a scan) a light background
+    is inverted and the object is the region that differs from it by more than 5% or 3 noise
+    sigmas; it is cropped, the background level is mapped to 0, and the crop is fitted and
+    centred. On any other background (a surface with texture, noise and uneven light; with
+    ``segment``) the object is found by GrabCut in ``colour`` (uint8 [h, w, 3], or ``gray``
+    when None) and negated within its mask.
     """
+    photo = gray
     background, noise = _background(gray)
-    if background > 127:
+    inverted = background > 127
+    if inverted:
         gray, background = 255 - gray, 255 - background
-        notes.append("inverted the light background (Fashion-MNIST items are light on black)")
+    note = "inverted the light background (Fashion-MNIST items are light on black)"
     if gray.shape == size and background <= TRIM_TOLERANCE:
-        notes.append(f"already {size[1]}x{size[0]} on a dark background: used as is")
+        notes.extend([note] * inverted + [f"already {size[1]}x{size[0]} on a dark background: used as is"])
         return Framing(gray.copy())
-    if segment and _border_spread(gray) > UNIFORM_SPREAD and seg.can_segment(gray.shape):
-        found = seg.find_object(colour if colour is not None else gray)
+    clean = _border_spread(gray) <= UNIFORM_SPREAD and noise <= CLEAN_NOISE
+    found = None
+    if segment and not clean and seg.can_segment(gray.shape):
+        found = seg.find_object(colour if colour is not None else photo)
         if found.found:
-            return _segmented(gray, size, notes, found)
+            return _segmented(photo, size, notes, found)
+    notes.extend([note] * inverted)
+    if found is not None:
         return _whole_frame(gray, size, notes, background, f"{seg.NOT_FOUND} ({found.reason})")
     box = _object_box(gray, background, noise)
     if box is None:
@@ -359,22 +373,26 @@ def _whole_frame(gray: np.ndarray, size: tuple[int, int], notes: list[str], back
     return Framing(_fit_crop(gray, (0, 0, gray.shape[1], gray.shape[0]), background, size, notes), unsure=unsure)
 
 
-def _segmented(gray: np.ndarray, size: tuple[int, int], notes: list[str], found: seg.Segmentation) -> Framing:
-    """The object's difference from the background's median, zero outside its mask, cropped and fitted."""
+def _segmented(photo: np.ndarray, size: tuple[int, int], notes: list[str], found: seg.Segmentation) -> Framing:
+    """The object of ``photo`` (as taken, not inverted) negated and stretched to 0..255 within its
+    mask, zero outside, cropped and fitted.
+
+    Fashion-MNIST items are negated product photos, so a garment's dark parts are its bright ones
+    there. The stretch uses the object's own pixels, not the background: a white shirt on a white
+    sheet and a black one on a dark floor both keep their folds and prints.
+    """
     mask = found.mask
-    background = float(np.median(gray[~mask])) if (~mask).any() else float(np.median(gray))
-    values = np.abs(gray.astype(np.float32) - background) * mask
+    dark, middle, light = np.percentile(photo[mask], STRETCH_PERCENTILES) if mask.any() else (0.0, 128.0, 255.0)
+    top = max(light, middle + MIN_STRETCH_SPAN / 2)  # a plain garment is mid-grey, not its noise stretched
+    values = np.clip((top - photo.astype(np.float32)) / max(light - dark, MIN_STRETCH_SPAN), 0, 1) * 255 * mask
     notes.append("separated the object from the background (GrabCut)")
+    notes.append("negated the object, its darkest pixels white and its lightest black (Fashion-MNIST form)")
     if found.angle:
         values, mask = seg.straighten(values, mask, found.angle)
         notes.append(f"straightened a {abs(found.angle):.0f}° tilt")
     left, top, right, bottom = seg.bounding_box(mask)
-    crop, inside = values[top:bottom, left:right], mask[top:bottom, left:right]
-    peak = float(np.percentile(crop[inside], PEAK_PERCENTILE)) if inside.any() else 0.0
-    if peak > TRIM_TOLERANCE:
-        crop = crop * (255.0 / peak)
     notes.append("cropped to the object")
-    return Framing(_fit(np.clip(crop, 0, 255), size), found.box, found.mask)
+    return Framing(_fit(values[top:bottom, left:right], size), found.box, found.mask)
 
 
 def _border_spread(gray: np.ndarray) -> float:

@@ -175,9 +175,9 @@ def test_breakdown_refuses_training_steps_at_batch_1(capsys) -> None:
 def test_photo_bytes_is_a_real_upload() -> None:
     from drnets.upload import prepare_upload
 
-    prepared = prepare_upload(app_path.photo_bytes(200))
-    assert prepared.tensor.shape == (1, 1, 28, 28)
-    assert any("invert" in note for note in prepared.notes)  # the light background was detected
+    prepared = prepare_upload(app_path.photo_bytes())
+    assert prepared.tensor.shape == (1, 1, 28, 28) and max(prepared.original.size) == 512
+    assert "separated the object from the background (GrabCut)" in prepared.notes and not prepared.unsure
 
 
 def test_sweep_threshold_zero_runs_every_branch(models) -> None:

@@ -31,7 +31,7 @@ def test_same_seed_same_files_other_seed_other_files(
     for row in again:
         assert (tmp_path / "again" / row.file).read_bytes() == (out / row.file).read_bytes()
     other = photos.write_photos(tmp_path / "other", n=3, seed=4)
-    assert [r.test_index for r in other] != [r.test_index for r in again]
+    assert [r.index for r in other] != [r.index for r in again]
 
 
 def test_every_class_and_background_occurs_with_its_labels(photo_set: tuple[Path, list[photos.PhotoLabel]]) -> None:
@@ -40,7 +40,7 @@ def test_every_class_and_background_occurs_with_its_labels(photo_set: tuple[Path
     assert photos.read_labels(out) == rows
     test = load_dataset("fashion-mnist", "test")
     for row in rows:
-        assert int(test.labels[row.test_index]) == row.label  # a test image, of the labelled class
+        assert row.split == "test" and int(test.labels[row.index]) == row.label  # a test image, of the labelled class
         assert test.class_names[row.label] == row.class_name
         assert (row.width, row.height) in photos.FRAMES
         assert photos.FILL[0] <= row.fill <= photos.FILL[1] and abs(row.tilt_deg) <= photos.MAX_TILT

@@ -60,12 +60,13 @@ def garment_photo(
     background: tuple[int, int, int] = (236, 232, 226),
     noise: float = 6.0,
     seed: int = 0,
+    falloff: float = 8.0,
 ) -> Image.Image:
     """A product-style photo: a dark dress-like trapezoid (narrow top, wide hem) on a light, noisy,
     unevenly lit background, placed off-centre."""
     rng = np.random.default_rng(seed)
     w, h = size
-    light = np.linspace(-8, 8, w)[None, :, None]  # light falls off across the frame
+    light = np.linspace(-falloff, falloff, w)[None, :, None]  # light falls off across the frame
     base = np.asarray(background, dtype=np.float32)[None, None, :] + light + rng.normal(0, noise, (h, w, 3))
     image = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
     left, top, right, bottom = box
@@ -197,11 +198,19 @@ def test_a_50_mb_file_is_refused_by_default_and_decoded_in_bounded_memory_when_a
 # ---- unusual but valid images: each gives a correct answer ----
 
 
-def test_garment_photo_on_light_background_is_inverted_cropped_and_centred() -> None:
-    photo = garment_photo()
-    prepared = prepare_upload(encode(photo, "JPEG", quality=85))
+@pytest.mark.parametrize(
+    "noise, falloff, how",
+    [(0.0, 0.0, "inverted the light background (Fashion-MNIST items are light on black)"),
+     (6.0, 8.0, "separated the object from the background (GrabCut)")],
+    ids=["studio backdrop: trim", "lit, noisy surface: GrabCut"],
+)  # fmt: skip
+def test_garment_photo_on_light_background_is_inverted_cropped_and_centred(
+    noise: float, falloff: float, how: str
+) -> None:
+    photo = garment_photo(noise=noise, falloff=falloff)
+    prepared = prepare_upload(encode(photo, "PNG"))
     check_prepared(prepared)
-    assert "inverted the light background (Fashion-MNIST items are light on black)" in prepared.notes
+    assert how in prepared.notes
     assert "cropped to the object" in prepared.notes
     seen = prepared.seen.astype(float)
     left, top, right, bottom = object_box(prepared.seen)
