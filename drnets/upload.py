@@ -145,7 +145,7 @@ def prepare_upload(
         colour = np.asarray(image) if image.mode == "RGB" else None
         framing = fashion_form(np.asarray(image.convert("L")), (height, width), notes, colour, segment)
         seen, unsure = framing.seen, framing.unsure
-        view = object_view(image, framing)
+        view = object_view(original, framing, image.size)
     else:
         seen = np.asarray(ImageOps.fit(image.convert("RGB"), (width, height), Image.Resampling.LANCZOS))
         notes.append(f"centre-cropped and resized to {width}x{height}")
@@ -153,19 +153,22 @@ def prepare_upload(
     return PreparedImage(to_input(batch, tuple(mean), tuple(std)), seen, original, notes, view, unsure)
 
 
-def object_view(image: Image.Image, framing: Framing) -> Image.Image | None:
-    """The photo with the object's mask (background dimmed) and the crop outlined, for display."""
+def object_view(thumbnail: Image.Image, framing: Framing, size: tuple[int, int]) -> Image.Image | None:
+    """The RGB ``thumbnail`` of a ``size`` (w, h) image with the object's mask (background dimmed)
+    and the crop outlined, for display; drawn at thumbnail size, so it costs little."""
     if framing.box is None:
         return None
-    rgb = np.asarray(image.convert("RGB"))
+    scale = thumbnail.width / size[0]
+    rgb = np.asarray(thumbnail)
     if framing.mask is not None:
-        dim = np.where(framing.mask[..., None], 1.0, BACKGROUND_DIM)
-        rgb = (rgb * dim).astype(np.uint8)
+        mask = Image.fromarray(framing.mask).resize(thumbnail.size, Image.Resampling.NEAREST)
+        rgb = (rgb * np.where(np.asarray(mask)[..., None], 1.0, BACKGROUND_DIM)).astype(np.uint8)
     view = Image.fromarray(rgb)
-    left, top, right, bottom = framing.box
+    left, top, right, bottom = (round(v * scale) for v in framing.box)
     width = max(1, round(max(view.size) / 200))
-    ImageDraw.Draw(view).rectangle((left, top, right - 1, bottom - 1), outline=BOX_COLOUR, width=width)
-    view.thumbnail((DISPLAY_SIZE, DISPLAY_SIZE))
+    ImageDraw.Draw(view).rectangle(
+        (left, top, max(left, right - 1), max(top, bottom - 1)), outline=BOX_COLOUR, width=width
+    )
     return view
 
 

@@ -191,16 +191,18 @@ def test_pool_price_charges_each_pooling_branch_like_a_depthwise_conv(routed) ->
     torch.testing.assert_close(priced, expected)
 
 
-def test_shipped_drnet_never_costs_more_at_a_higher_threshold() -> None:
-    """The property on the trained model people use, over 1,000 real test images."""
+def test_shipped_drnet_spends_more_on_average_at_a_higher_budget() -> None:
+    """The budget on the trained model people use, over 1,000 real test images: its routers read their
+    own cell's inputs, so one image may cost more at a lower budget (README, Known limits), but the
+    mean follows the budget, and the sweep spans several times its cheapest cost."""
     from drnets.checkpoint import load_checkpoint
     from drnets.data import load_dataset, normalization, to_input
 
     loaded = load_checkpoint(Path(__file__).resolve().parents[1] / "assets" / "models" / "drnet")
+    assert loaded.model.config.budgeted
     data = load_dataset("fashion-mnist", "test").subset(1000)
     x = to_input(data.images, *normalization("fashion-mnist", 1))
-    traces = [trace_of(loaded.model, x, RoutingPolicy(t)) for t in (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8)]
-    for low, high in itertools.pairwise(traces):
-        assert not torch.any(high.ran & ~low.ran)
-        assert torch.all(high.flops <= low.flops)
-    assert torch.all(traces[-1].flops < traces[0].flops)
+    threshold = loaded.model.default_policy.threshold
+    means = [float(trace_of(loaded.model, x, RoutingPolicy(threshold, budget=c)).flops.float().mean())
+             for c in (0.03, 0.1, 0.3, 0.6)]  # fmt: skip
+    assert means == sorted(means) and means[-1] > 2 * means[0], means
