@@ -96,11 +96,11 @@ class Reference:
     flops: int
 
 
-def drnet_reference(models_dir: Path, data: bytes, threshold: float) -> Reference:
+def drnet_reference(models_dir: Path, data: bytes, threshold: float, budget: float | None = None) -> Reference:
     ckpt = load_checkpoint(models_dir / "drnet")
     training = ckpt.training
     prepared = prepare_upload(data, tuple(training["input_size"]), tuple(training["mean"]), tuple(training["std"]))
-    logits, trace = for_inference(ckpt.model)(prepared.tensor, RoutingPolicy(threshold, None))
+    logits, trace = for_inference(ckpt.model)(prepared.tensor, RoutingPolicy(threshold, None, budget=budget))
     pred = int(logits[0].argmax())
     return Reference(pred, ckpt.class_names[pred], int(trace.flops[0]))
 

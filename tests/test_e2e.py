@@ -19,6 +19,7 @@ import pytest
 from appkit import AppServer
 from PIL import Image
 
+from app.sidebar import BUDGET_RANGE
 from app.ui import si
 from bench.classroom import STARTUP_SECONDS
 from drnets.data import FASHION_MNIST_CLASSES, load_dataset
@@ -165,7 +166,19 @@ def assert_fits_the_screen(page) -> None:
             )
 
 
-def test_upload_a_photo_and_a_broken_file_then_move_the_threshold(page, app_server: AppServer) -> None:
+def routing_of(page) -> tuple[float, float | None]:
+    """(threshold, budget) the sidebar's sliders hold; budget None when the DRNet has no Budget slider.
+    Read from the DOM, so it works with the sidebar closed (a phone)."""
+    values = page.evaluate(
+        """() => Object.fromEntries([...document.querySelectorAll('[data-testid=stSlider]')].map(s => [
+            s.querySelector('[data-testid=stWidgetLabel]')?.textContent.trim(),
+            s.querySelector('[data-testid=stSliderThumbValue]')?.textContent.trim()]))"""
+    )
+    budget = values.get("Budget c")
+    return float(values["Threshold t"]), float(budget) if budget is not None else None
+
+
+def test_upload_a_photo_and_a_broken_file_then_move_the_routing_control(page, app_server: AppServer) -> None:
     page.get_by_text("DRNet FLOPs").wait_for()
     settle(page)
     assert "20MB per file" in page.locator('[data-testid="stFileUploaderDropzone"]').inner_text(), (
@@ -187,15 +200,21 @@ def test_upload_a_photo_and_a_broken_file_then_move_the_threshold(page, app_serv
     answer = metric_value(page, "DRNet says")
     assert answer in FASHION_MNIST_CLASSES
     assert metric_value(page, "MobileNetV2 says") in FASHION_MNIST_CLASSES
-    threshold = float(page.locator('[data-testid="stSliderThumbValue"]').inner_text())
+    threshold, budget = routing_of(page)
     before = metric_value(page, "DRNet FLOPs")
-    assert before == si(appkit.drnet_reference(app_server.models, photo, threshold).flops)
+    assert before == si(appkit.drnet_reference(app_server.models, photo, threshold, budget).flops)
     shot(page, "2_uploaded")
 
-    slider = page.locator('[data-testid="stSlider"] input[type="range"]').first
-    slider.focus()
-    for _ in range(round(threshold / 0.01)):
-        page.keyboard.press("ArrowLeft")
+    # The main control: a budgeted DRNet's budget up to its largest value, another DRNet's threshold down to 0.
+    name, key, steps = (
+        ("Budget c", "ArrowRight", round((BUDGET_RANGE[1] - budget) / 0.01))
+        if budget is not None
+        else ("Threshold t", "ArrowLeft", round(threshold / 0.01))
+    )
+    target = (threshold, BUDGET_RANGE[1]) if budget is not None else (0.0, None)
+    page.locator('[data-testid="stSlider"]').filter(has_text=name).locator('input[type="range"]').focus()
+    for _ in range(steps):
+        page.keyboard.press(key)
     page.wait_for_function(
         "before => [...document.querySelectorAll('[data-testid=stMetric]')]"
         ".find(m => m.innerText.includes('DRNet FLOPs'))?.querySelector('[data-testid=stMetricValue]')?.innerText.trim() !== before",
@@ -203,10 +222,10 @@ def test_upload_a_photo_and_a_broken_file_then_move_the_threshold(page, app_serv
         timeout=WAIT_MS,
     )
     settle(page)
-    assert page.locator('[data-testid="stSliderThumbValue"]').inner_text() == "0.00"
-    assert metric_value(page, "DRNet FLOPs") == si(appkit.drnet_reference(app_server.models, photo, 0.0).flops)
+    assert routing_of(page) == target
+    assert metric_value(page, "DRNet FLOPs") == si(appkit.drnet_reference(app_server.models, photo, *target).flops)
     assert not page.locator('[data-testid="stException"]').count()
-    shot(page, "3_threshold_0")
+    shot(page, "3_routing_moved")
 
 
 @pytest.mark.parametrize("screen", ["laptop", "phone"])
@@ -251,8 +270,7 @@ def test_a_phone_reaches_the_uploader_and_the_camera_and_a_photo_gets_the_answer
             source,
         )
     )
-    threshold = float(phone.evaluate("document.querySelector('[data-testid=stSliderThumbValue]').textContent"))
-    reference = appkit.drnet_reference(app_server.models, photo, threshold)
+    reference = appkit.drnet_reference(app_server.models, photo, *routing_of(phone))
     taken = {label: metric_value(phone, label) for label in ("DRNet says", "DRNet FLOPs", "DRNet params touched")}
     assert taken["DRNet FLOPs"] == si(reference.flops) and taken["DRNet says"] == reference.answer
     shot(phone, "phone_camera_photo")
@@ -292,8 +310,7 @@ def test_eight_browser_sessions_at_once(browser, app_server: AppServer) -> None:
         for i, page in enumerate(pages):
             page.get_by_role("heading", name=f"session{i}.png").wait_for()
             settle(page)
-            threshold = float(page.locator('[data-testid="stSliderThumbValue"]').inner_text())
-            reference = appkit.drnet_reference(app_server.models, images[i], threshold)
+            reference = appkit.drnet_reference(app_server.models, images[i], *routing_of(page))
             assert metric_value(page, "DRNet FLOPs") == si(reference.flops)
             assert metric_value(page, "DRNet says") == reference.answer
         uploads_done = time.monotonic() - started
