@@ -5,10 +5,11 @@ Real uploads are phone photos: a garment filling part of a 1200x900 frame, sligh
 bed sheet, a wooden floor, a coloured or dark surface, with a soft shadow, light falling off
 towards the corners and JPEG compression. Each photo here is made from one 28x28 image, upscaled
 smoothly and tinted: a test image for the evaluation set, a training image for a training pool
-(``drnets.photo_pool``), so the set a model is measured on never shows an image it learnt from. Fashion-MNIST is light-on-black
-because its product photos were negated, so an item's brightness there is its darkness in the
-original photo: the item's mean brightness sets how dark it is drawn, its detail modulates a
-plausible garment colour, and light, mid and dark garments all occur.
+(``drnets.photo_pool``), so the set a model is measured on never shows an image it learnt from.
+Fashion-MNIST is light-on-black because its product photos were negated, so an item's brightness
+there is its darkness in the original photo: the item's mean brightness sets how dark it is
+drawn, its detail modulates a plausible garment colour, and light, mid and dark garments all
+occur.
 
 ``write_photos`` writes the JPEGs and ``labels.csv`` (the true class and the condition labels:
 background kind, size bucket, tilt bucket, garment tone); ``evaluate_photos`` runs every model's

@@ -43,12 +43,11 @@ SPECKLE_NOISE = 1.0  # above this background noise (grey levels), drop isolated 
 BACKGROUND_DIM = 0.35  # the object view shows the background at this brightness
 BOX_COLOUR = (255, 140, 0)
 ELONGATED = 10  # aspect ratios beyond this get a note: the object ends up a few pixels thin
-STRETCH_PERCENTILES = (
-    1,
-    50,
-    99,
-)  # of a segmented object's pixels: 1st -> 255, 99th -> 0 (one glint must not dim the rest)
-MIN_STRETCH_SPAN = 48.0  # grey levels: an object spanning fewer is not stretched further, its median goes to mid-grey
+# Of a segmented object's pixels, the 1st percentile goes to 255 and the 99th to 0 (one glint must not
+# dim the rest); an object spanning fewer than MIN_STRETCH_SPAN grey levels is not stretched further,
+# its median (the 50th) goes to mid-grey.
+STRETCH_PERCENTILES = (1, 50, 99)
+MIN_STRETCH_SPAN = 48.0
 HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 EXIF_ORIENTATION = 0x0112
 # Leading bytes of common non-images, to say what a refused file looks like.
