@@ -71,6 +71,12 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                    help="a `drnets photos --split train` folder to mix in, prepared as uploads are (repeatable)")  # fmt: skip
     g.add_argument("--photo-share", type=float, default=d.photo_share,
                    help="share of the training set the pool photos make up (default 0.25)")  # fmt: skip
+    g.add_argument("--outlier-pool", action="append", default=[], metavar="DIR",
+                   help="a `drnets nongarments` folder for outlier exposure, prepared as uploads are (repeatable)")  # fmt: skip
+    g.add_argument("--outlier-share", type=float, default=d.outlier_share,
+                   help="share of the training set the outliers make up (default 0.1)")  # fmt: skip
+    g.add_argument("--outlier-weight", type=float, default=d.outlier_weight,
+                   help="weight of the outliers' pull towards a uniform answer (default 0.5)")  # fmt: skip
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=positive_int, default=d.epochs)
     g.add_argument("--batch-size", type=positive_int, default=d.batch_size)

@@ -4,6 +4,8 @@ A flat lambda x expected cost (``training_loss``, with per-image scaling and the
 or, for budget-conditioned DRNets, the batch-mean expected cost pulled to budgets drawn per step
 (``budget_step``: the sandwich rule with in-place distillation, US-Nets). Costs are the router-weighted
 branch FLOPs as a fraction of the dense branches' FLOPs (``CostTable.expected_flops_fraction``).
+Images labelled ``OUTLIER`` (outlier exposure) take no cross-entropy: ``outlier_loss`` pulls their
+answers towards uniform, and they pay for compute like every other image.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .model import DRNet
+from .photo_pool import OUTLIER
 from .router import RoutingPolicy
 
 if TYPE_CHECKING:
@@ -27,15 +30,27 @@ def training_loss(
     model: nn.Module, logits: torch.Tensor, trace, labels: torch.Tensor, cfg: TrainConfig, h: int, w: int
 ):
     """(loss to minimise, cross-entropy part); ``model`` may be wrapped in DDP."""
-    ce = F.cross_entropy(logits, labels)
+    known = labels != OUTLIER
+    ce = F.cross_entropy(logits[known], labels[known])
+    loss = ce + cfg.outlier_weight * outlier_loss(logits, labels)
     core = model.module if hasattr(model, "module") else model
     if isinstance(core, DRNet) and core.config.dynamic and cfg.cost_weight > 0:
         cost = core.cost_table(h, w).expected_flops_fraction(trace.gates, cfg.pool_price).float()  # [B]
-        loss = ce + cfg.cost_weight * (cost * cost_scale(logits, labels, cfg)).mean()
+        loss = loss + cfg.cost_weight * (cost[known] * cost_scale(logits[known], labels[known], cfg)).mean()
         if cfg.difficulty_spread > 0:
-            loss = loss + difficulty_loss(cost, logits, labels, cfg.difficulty_spread, cfg.difficulty_by)
-        return loss, ce
-    return ce, ce
+            loss = loss + difficulty_loss(
+                cost[known], logits[known], labels[known], cfg.difficulty_spread, cfg.difficulty_by
+            )
+    return loss, ce
+
+
+def outlier_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy from the uniform distribution to the answers on ``OUTLIER`` images (0 without
+    any): the model learns to be unsure of what it has no class for (Hendrycks et al. 2019)."""
+    outliers = labels == OUTLIER
+    if not outliers.any():
+        return logits.new_zeros(())
+    return -logits[outliers].float().log_softmax(1).mean()
 
 
 def cost_ramp(step: int, total: int, warmup: float) -> float:
@@ -62,17 +77,21 @@ def budget_loss(
     w: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, cross-entropy) of one budget's pass: labels (and the teacher's answers, for every budget
-    but the largest), the batch-mean expected cost pulled to ``budget``, and the difficulty term."""
-    ce = F.cross_entropy(logits, labels)
+    but the largest), outliers, the batch-mean expected cost pulled to ``budget``, and the difficulty term."""
+    known = labels != OUTLIER
+    ce = F.cross_entropy(logits[known], labels[known])
     loss = ce
     if teacher is not None:
         kd = F.kl_div(logits.float().log_softmax(1), teacher.float().softmax(1), reduction="batchmean")
         loss = 0.5 * (ce + kd)
+    loss = loss + cfg.outlier_weight * outlier_loss(logits, labels)
     core = model.module if hasattr(model, "module") else model
     cost = core.cost_table(h, w).expected_flops_fraction(trace.gates, cfg.pool_price).float()  # [B]
     loss = loss + ramp * cfg.cost_weight * (cost.mean() - budget) ** 2
     if cfg.difficulty_spread > 0:
-        loss = loss + ramp * difficulty_loss(cost, logits, labels, cfg.difficulty_spread, cfg.difficulty_by)
+        loss = loss + ramp * difficulty_loss(
+            cost[known], logits[known], labels[known], cfg.difficulty_spread, cfg.difficulty_by
+        )
     return loss, ce
 
 

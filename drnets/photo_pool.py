@@ -6,10 +6,16 @@ stretch of a dark garment on a dark floor. ``drnets photos --split train`` rende
 photos of TRAINING images; ``prepared_pool`` runs each through ``drnets.upload.prepare_upload``
 as an upload would be, and caches the result next to the photos (preparing takes about 0.15 s a
 photo). ``drnets train --photo-pool DIR`` mixes the pool into every epoch.
+
+Outlier exposure (Hendrycks et al. 2019) uses the same path for things that are not garments:
+``drnets nongarments`` folders, prepared as uploads are, labelled ``OUTLIER``, which the training
+loss teaches the model to answer with a flat distribution (``drnets.losses.outlier_loss``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import io
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -23,6 +29,7 @@ from .data import ImageSet
 from .photos import read_labels
 
 CACHE = "prepared-{c}x{h}x{w}.npz"
+OUTLIER = -1  # the label of an outlier-exposure image: no class
 
 
 def prepared_pool(
@@ -48,6 +55,24 @@ def prepared_pool(
     return ImageSet(torch.cat(images), torch.cat(labels), class_names, "photo-pool")
 
 
+def prepared_outliers(
+    folders: list[str] | tuple[str, ...], input_size: tuple[int, int, int], class_names: list[str]
+) -> ImageSet:
+    """The non-garments of every ``drnets nongarments`` folder as model inputs labelled ``OUTLIER``.
+
+    Make them with other seeds than the set the detector is measured on (``drnets ood-eval``).
+    """
+    from .nongarments import KINDS_CSV, read_kinds
+
+    images = []
+    for folder in map(Path, folders):
+        if not (folder / KINDS_CSV).is_file():
+            raise ValueError(f"--outlier-pool {folder}: no {KINDS_CSV} there; make one with `drnets nongarments`")
+        images.append(_prepared(folder, [file for file, _ in read_kinds(folder)], input_size))
+    seen = torch.cat(images)
+    return ImageSet(seen, torch.full((len(seen),), OUTLIER), class_names, "outlier-pool")
+
+
 def mixed(data: ImageSet, pool: ImageSet, share: float) -> ImageSet:
     """``data`` followed by ``pool`` repeated so that pool photos are about ``share`` of the result."""
     repeats = max(1, round(share * len(data) / ((1 - share) * len(pool))))
@@ -59,9 +84,10 @@ def mixed(data: ImageSet, pool: ImageSet, share: float) -> ImageSet:
 def _prepared(folder: Path, files: list[str], input_size: tuple[int, int, int]) -> torch.Tensor:
     c, h, w = input_size
     cache = folder / CACHE.format(c=c, h=h, w=w)
+    preparation = preparation_digest()
     if cache.is_file():
         with np.load(cache) as stored:
-            if list(stored["files"]) == files:
+            if list(stored["files"]) == files and str(stored.get("preparation", "")) == preparation:
                 return torch.from_numpy(stored["seen"])
     paths = [str(folder / name) for name in files]
     with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
@@ -70,11 +96,18 @@ def _prepared(folder: Path, files: list[str], input_size: tuple[int, int, int]) 
 
     def write(tmp: Path) -> None:
         buffer = io.BytesIO()
-        np.savez(buffer, seen=seen, files=np.asarray(files))
+        np.savez(buffer, seen=seen, files=np.asarray(files), preparation=np.asarray(preparation))
         tmp.write_bytes(buffer.getvalue())
 
     atomic_write(cache, write)
     return torch.from_numpy(seen)
+
+
+def preparation_digest() -> str:
+    """SHA-256 of the upload path's source: a cache prepared by other code is prepared again."""
+    from . import segment, upload
+
+    return hashlib.sha256((inspect.getsource(upload) + inspect.getsource(segment)).encode()).hexdigest()
 
 
 def _prepare_one(path: str, input_size: tuple[int, int, int]) -> np.ndarray:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-SEGMENT_SIZE = 160  # longest side GrabCut runs at
+SEGMENT_SIZE = 128  # longest side GrabCut runs at
 ITERATIONS = 3
 BORDER = 4  # the GrabCut rectangle starts this many pixels in from the edge (at SEGMENT_SIZE)
 MIN_SIDE = 24  # shorter side (at SEGMENT_SIZE) below which GrabCut has too little to model
@@ -116,8 +116,13 @@ def flatten_lighting(rgb: np.ndarray) -> np.ndarray:
 
 
 def grabcut(rgb: np.ndarray) -> np.ndarray:
-    """GrabCut seeded by a rectangle ``BORDER`` px in from the edge -> bool mask (empty on failure)."""
+    """GrabCut seeded by a rectangle ``BORDER`` px in from the edge -> bool mask (empty on failure).
+
+    Its colour mixtures start from k-means seeded by OpenCV's per-thread RNG, which every call
+    advances: reseeded here, the same photo gets the same mask however many came before it.
+    """
     h, w = rgb.shape[:2]
+    cv2.setRNGSeed(0)
     labels = np.zeros((h, w), np.uint8)
     rect = (BORDER, BORDER, w - 2 * BORDER, h - 2 * BORDER)
     models = (np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64))

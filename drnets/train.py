@@ -39,7 +39,7 @@ from .data import ImageSet, augment, load_dataset, normalization, to_input
 from .device import cudnn_suits_training, pick_device
 from .losses import budget_step, cost_ramp, training_loss
 from .model import DRNet, create_model
-from .photo_pool import mixed, prepared_pool
+from .photo_pool import OUTLIER, mixed, prepared_outliers, prepared_pool
 
 STATE_FILE = "train_state.pt"
 STATE_KEYS = {"model", "optimizer", "scheduler", "epoch", "history"}
@@ -101,6 +101,11 @@ class TrainConfig:
     # training set (drnets.photo_pool); photo augmentation leaves them as the upload path made them.
     photo_pool: list[str] = field(default_factory=list)
     photo_share: float = 0.25
+    # Outlier exposure: `drnets nongarments` folders, prepared as uploads are, mixed in as this share
+    # of the training set; their loss (weight outlier_weight) pulls the answer towards uniform.
+    outlier_pool: list[str] = field(default_factory=list)
+    outlier_share: float = 0.1
+    outlier_weight: float = 0.5
     model_overrides: str = "{}"  # JSON dict of model-config overrides, e.g. '{"channels": 16}'
     log_every: int = 50
     # CUDA only, how to run rather than what to learn: True/False forces cuDNN's convolutions on or
@@ -129,15 +134,16 @@ class TrainConfig:
         for name in ("lr", "tau_start", "tau_end"):  # the temperature anneals geometrically: both ends > 0
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("weight_decay", "cost_weight", "pool_price"):
+        for name in ("weight_decay", "cost_weight", "pool_price", "outlier_weight"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.budget_min <= self.budget_max < 1:
             raise ValueError(
                 f"budgets must satisfy 0 < budget_min <= budget_max < 1, got {self.budget_min}, {self.budget_max}"
             )
-        if not 0 < self.photo_share < 1:
-            raise ValueError(f"photo_share must lie in (0, 1), got {self.photo_share}")
+        for name in ("photo_share", "outlier_share"):
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"{name} must lie in (0, 1), got {getattr(self, name)}")
         if not 0 <= self.cost_warmup < 1:
             raise ValueError(f"cost_warmup must lie in [0, 1), got {self.cost_warmup}")
 
@@ -343,6 +349,9 @@ def fit(
     photos_from = len(data)
     if cfg.photo_pool:
         data = mixed(data, prepared_pool(cfg.photo_pool, (channels, h, w), data.class_names), cfg.photo_share)
+    if cfg.outlier_pool:
+        outliers = prepared_outliers(cfg.outlier_pool, (channels, h, w), data.class_names)
+        data = mixed(data, outliers, cfg.outlier_share)
     mean, std = normalization(cfg.data, channels)
     model = build_model(cfg, data).to(ctx.device)
     torch.backends.cudnn.enabled = cfg.cudnn if cfg.cudnn is not None else cudnn_suits_training(model, ctx.device)
@@ -382,8 +391,8 @@ def fit(
         gen = seed_epoch(cfg, epoch, ctx.rank)
         order = epoch_order(len(data), cfg.seed, epoch, ctx.rank, ctx.world_size)
         net.train()
-        # ce loss sum, correct, seen, flops sum; kept on the device so a step never waits for the GPU
-        sums = torch.zeros(4, dtype=torch.float64, device=ctx.device)
+        # ce loss sum, correct, labelled seen, flops sum, all seen; on the device so a step never waits for the GPU
+        sums = torch.zeros(5, dtype=torch.float64, device=ctx.device)
         started = time.perf_counter()
         bar = tqdm(range(per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and ctx.is_main))
         for i in bar:
@@ -408,25 +417,26 @@ def fit(
             scaler.update()
             scheduler.step()
             with torch.no_grad():
+                labelled = (y != OUTLIER).sum().double()
                 sums += torch.stack([
-                    ce.double() * len(y), (logits.argmax(1) == y).sum().double(),
-                    torch.tensor(float(len(y)), dtype=torch.float64, device=ctx.device), trace.flops.double().sum().to(ctx.device),
+                    ce.double() * labelled, (logits.argmax(1) == y).sum().double(), labelled,
+                    trace.flops.double().sum().to(ctx.device), torch.tensor(float(len(y)), dtype=torch.float64, device=ctx.device),
                 ])  # fmt: skip
             if i % cfg.log_every == 0 and progress and ctx.is_main:
                 bar.set_postfix(
                     loss=f"{sums[0] / sums[2]:.3f}",
                     acc=f"{sums[1] / sums[2]:.3f}",
-                    mflops=f"{sums[3] / sums[2] / 1e6:.1f}",
+                    mflops=f"{sums[3] / sums[4] / 1e6:.1f}",
                 )
         if ctx.world_size > 1:
             dist.all_reduce(sums, op=dist.ReduceOp.SUM)  # log the whole epoch, not rank 0's share
             average_buffers(model, ctx.world_size)
             _check_ranks_agree(model, epoch + 1)
-        loss_sum, correct, seen, flops_sum = sums.cpu().tolist()
+        loss_sum, correct, labelled, flops_sum, seen = sums.cpu().tolist()
         row = {
             "epoch": epoch + 1,
-            "train_loss": loss_sum / seen,
-            "train_acc": correct / seen,
+            "train_loss": loss_sum / labelled,
+            "train_acc": correct / labelled,
             "train_flops_mean": flops_sum / seen,
             "seconds": time.perf_counter() - started,
             "lr": scheduler.get_last_lr()[0],

@@ -1,4 +1,5 @@
-"""Garment photos as training data (drnets/photo_pool.py): prepared as uploads are, cached, mixed in."""
+"""Garment photos and outliers as training data (drnets/photo_pool.py): prepared as uploads are, cached,
+mixed in."""
 
 from __future__ import annotations
 
@@ -14,11 +15,21 @@ from fakedata import TINY_DRNET, write_idx_dataset
 
 from drnets import photos
 from drnets.data import ImageSet
-from drnets.photo_pool import CACHE, mixed, prepared_pool
-from drnets.train import make_batch
+from drnets.losses import outlier_loss, training_loss
+from drnets.model import MobileNetV2, MobileNetV2Config
+from drnets.nongarments import KINDS, read_kinds, write_nongarments
+from drnets.photo_pool import CACHE, OUTLIER, mixed, prepared_outliers, prepared_pool
+from drnets.train import TrainConfig, make_batch
 from drnets.upload import prepare_upload
 
 CLASSES = [str(i) for i in range(10)]
+
+
+@pytest.fixture(scope="module")
+def outliers(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("outliers")
+    write_nongarments(out, n=len(KINDS), seed=3)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +54,38 @@ def test_a_pool_is_prepared_as_uploads_are_and_cached(pool: Path) -> None:
         assert torch.equal(prepared_pool([str(pool)], (1, 28, 28), CLASSES).images, prepared.images)
     finally:
         (moved / rows[0].file).rename(pool / rows[0].file)
+
+
+def test_a_cache_made_by_other_preparation_code_is_prepared_again(pool: Path) -> None:
+    expected = prepared_pool([str(pool)], (1, 28, 28), CLASSES).images
+    cache = pool / CACHE.format(c=1, h=28, w=28)
+    with np.load(cache) as stored:
+        files = stored["files"]
+    np.savez(cache, seen=np.zeros_like(expected.numpy()), files=files, preparation=np.asarray("older code"))
+    assert torch.equal(prepared_pool([str(pool)], (1, 28, 28), CLASSES).images, expected)
+
+
+def test_non_garments_are_prepared_as_uploads_are_and_labelled_outliers(outliers: Path) -> None:
+    prepared = prepared_outliers([str(outliers)], (1, 28, 28), CLASSES)
+    kinds = read_kinds(outliers)
+    assert prepared.images.shape == (len(KINDS), 28, 28, 1) and set(prepared.labels.tolist()) == {OUTLIER}
+    file, _ = kinds[0]
+    assert np.array_equal(prepared.images[0, ..., 0].numpy(), prepare_upload((outliers / file).read_bytes()).seen)
+    with pytest.raises(ValueError, match="no kinds.csv"):
+        prepared_outliers([str(outliers / "nowhere")], (1, 28, 28), CLASSES)
+
+
+def test_outliers_are_pulled_to_a_flat_answer_and_take_no_cross_entropy() -> None:
+    logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 3.0, -1.0]])
+    labels = torch.tensor([0, OUTLIER, OUTLIER])
+    flat = -torch.log_softmax(logits[1:], 1).mean()
+    torch.testing.assert_close(outlier_loss(logits, labels), flat)
+    torch.testing.assert_close(outlier_loss(logits[1:2], labels[1:2]), torch.tensor(np.log(3), dtype=torch.float32))
+    assert float(outlier_loss(logits[:1], labels[:1])) == 0.0  # a batch without outliers
+    cfg = TrainConfig(model="mobilenetv2", outlier_weight=0.5)
+    loss, ce = training_loss(MobileNetV2(MobileNetV2Config(num_classes=3)), logits, None, labels, cfg, 28, 28)
+    torch.testing.assert_close(ce, torch.nn.functional.cross_entropy(logits[:1], labels[:1]))
+    torch.testing.assert_close(loss, ce + 0.5 * flat)
 
 
 def test_photos_of_test_images_are_refused_as_a_pool(tmp_path: Path) -> None:
@@ -71,17 +114,21 @@ def test_photo_augmentation_leaves_the_pool_photos_as_prepared() -> None:
     assert not any(torch.allclose(middle[i], torch.tensor(120.0)) for i in range(4))
 
 
-def test_train_mixes_a_pool_in(pool: Path, tmp_path: Path) -> None:
+def test_train_mixes_a_pool_and_outliers_in(pool: Path, outliers: Path, tmp_path: Path) -> None:
     root = write_idx_dataset(tmp_path / "fmnist", n_train=64, n_test=16)
     command = [
         sys.executable, "-m", "drnets", "train", "--data-root", str(root), "--model-config", TINY_DRNET,
         "--epochs", "1", "--batch-size", "16", "--no-progress", "--augment", "photo",
-        "--photo-pool", str(pool), "--photo-share", "0.5", "--out", str(tmp_path / "run"),
+        "--photo-pool", str(pool), "--photo-share", "0.5", "--outlier-pool", str(outliers),
+        "--out", str(tmp_path / "run"),
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     recipe = json.loads((tmp_path / "run" / "args.json").read_text())
     assert recipe["photo_pool"] == [str(pool)] and recipe["photo_share"] == 0.5
+    assert recipe["outlier_pool"] == [str(outliers)] and recipe["outlier_share"] == 0.1
+    history = json.loads((tmp_path / "run" / "model" / "config.json").read_text())["training"]["history"]
+    assert 0 <= history[0]["train_acc"] <= 1  # outliers count in no accuracy
     done = subprocess.run([*command[:-2], "--photo-share", "1", "--out", str(tmp_path / "bad")],
                           capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     assert done.returncode == 2 and "photo_share must lie in (0, 1)" in done.stderr and "Traceback" not in done.stderr

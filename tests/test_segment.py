@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drnets import segment
+from drnets import photos, segment
 from drnets.upload import prepare_upload
 
 
@@ -141,3 +141,15 @@ def test_a_6000x4000_png_is_prepared_within_bounds() -> None:
     prepared = prepare_upload(data, max_bytes=100_000_000)
     assert time.perf_counter() - start < 6.0
     assert not prepared.unsure
+
+
+def test_the_same_photo_gets_the_same_mask_whatever_came_before() -> None:
+    item = np.zeros((28, 28), np.uint8)
+    item[4:24, 6:22] = 200  # a plain light garment
+    photo, _ = photos.render(item, "fabric", np.random.default_rng(3))
+    small = cv2.resize(photo, (128, 96), interpolation=cv2.INTER_AREA)
+    first = segment.grabcut(small)
+    for seed in range(3):  # other photos advance OpenCV's RNG
+        other, _ = photos.render(item, "wood", np.random.default_rng(seed))
+        segment.grabcut(cv2.resize(other, (128, 96), interpolation=cv2.INTER_AREA))
+    assert np.array_equal(segment.grabcut(small), first)
