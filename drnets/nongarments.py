@@ -10,11 +10,15 @@ upload would arrive (a phone-sized frame, PNG for drawings, JPEG for photo-like 
 - ``text``: a few big words in PIL's default bitmap font, scaled up, dark on light or reversed;
 - ``smiley``: a drawn face (circle, eyes, a smiling arc) on a plain or tinted surface;
 - ``texture``: a bare surface: woven fabric, wood grain or blotches, nothing on it;
-- ``desk``: a synthetic desk seen from above: a wooden top with a keyboard, a mug, papers, a phone.
+- ``desk``: a synthetic desk seen from above: a wooden top with a keyboard, a mug, papers, a phone;
+- ``screenshot``: an app or web page: a coloured bar, lines of small text, buttons, image boxes;
+- ``selfie``: a face filling much of the frame (skin-toned oval, hair, eyes, mouth, shoulders) in a room.
 
-``write_nongarments(out, n, seed)`` writes the files and ``kinds.csv``; image i is of kind
-``KINDS[i % len(KINDS)]`` and is drawn by a generator seeded with (seed, i), so a seed always
-gives the same files and every kind is equally common.
+``write_nongarments(out, n, seed, kinds)`` writes the files and ``kinds.csv``; image i is of kind
+``kinds[i % len(kinds)]`` and is drawn by a generator seeded with (seed, i), so a seed always
+gives the same files and every kind is equally common. The training outliers of the shipped models
+(``drnets train --outlier-pool``) were drawn from ``TRAINING_KINDS`` only, so the ``HELD_OUT_KINDS``
+measure how the detector does on kinds of image it was never shown.
 """
 
 from __future__ import annotations
@@ -33,21 +37,28 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from .argtypes import positive_int
 from .photos import make_background
 
-KINDS = ("noise", "flat", "shapes", "text", "smiley", "texture", "desk")
+TRAINING_KINDS = ("noise", "flat", "shapes", "text", "smiley", "texture", "desk")
+HELD_OUT_KINDS = ("screenshot", "selfie")
+KINDS = TRAINING_KINDS + HELD_OUT_KINDS
 FRAMES = ((800, 600), (600, 800), (640, 640))
 KINDS_CSV = "kinds.csv"
 WORDS = ("HELLO", "SALE", "NOTE", "TODO", "DRNETS", "42", "MENU", "EXIT", "OK", "MONDAY", "A4", "STOP")
 
 
-def write_nongarments(out: Path | str, n: int = 210, seed: int = 0) -> list[tuple[str, str]]:
-    """Write ``n`` images and ``kinds.csv`` (file, kind) to ``out``; returns the rows."""
+def write_nongarments(
+    out: Path | str, n: int = 270, seed: int = 0, kinds: tuple[str, ...] = KINDS
+) -> list[tuple[str, str]]:
+    """Write ``n`` images of ``kinds`` (cycling) and ``kinds.csv`` (file, kind) to ``out``; returns the rows."""
     if n < 1:
         raise ValueError(f"--n must be at least 1, got {n}")
+    unknown = [kind for kind in kinds if kind not in KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"unknown kinds {', '.join(unknown) or '(none given)'}; known: {', '.join(KINDS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(n):
-        kind = KINDS[i % len(KINDS)]
+        kind = kinds[i % len(kinds)]
         name, data = render_nongarment(kind, np.random.default_rng([seed, i]), i)
         (out / name).write_bytes(data)
         rows.append((name, kind))
@@ -74,12 +85,14 @@ def render_nongarment(kind: str, rng: np.random.Generator, index: int = 0) -> tu
         "smiley": _smiley,
         "texture": _texture,
         "desk": _desk,
+        "screenshot": _screenshot,
+        "selfie": _selfie,
     }
     if kind not in draw:
         raise ValueError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
     image = draw[kind](w, h, rng)
     buffer = io.BytesIO()
-    if kind in ("texture", "desk", "noise"):
+    if kind in ("texture", "desk", "noise", "selfie"):
         image.save(buffer, "JPEG", quality=int(rng.integers(70, 92)))
         return f"{index:04d}_{kind}.jpg", buffer.getvalue()
     image.save(buffer, "PNG")
@@ -203,6 +216,57 @@ def _desk(w: int, h: int, rng: np.random.Generator) -> Image.Image:
     return top.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
 
 
+def _screenshot(w: int, h: int, rng: np.random.Generator) -> Image.Image:
+    dark = rng.uniform() < 0.3
+    page = _colour(rng, 15, 50) if dark else _colour(rng, 235, 256)
+    ink = (225, 225, 225) if dark else (40, 40, 40)
+    image = Image.new("RGB", (w, h), page)
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=int(rng.integers(14, 26)))
+    bar = int(rng.uniform(0.06, 0.12) * h)
+    draw.rectangle((0, 0, w, bar), fill=_colour(rng, 0, 200))
+    draw.text((16, bar // 3), " ".join(rng.choice(WORDS, 2)), fill=(255, 255, 255), font=font)
+    y = bar + 20
+    while y < h - 40:
+        block = rng.choice(["text", "text", "button", "picture"])
+        if block == "picture":
+            ph = int(rng.uniform(0.12, 0.25) * h)
+            draw.rectangle((16, y, w * rng.uniform(0.4, 0.95), y + ph), fill=_colour(rng, 60, 220))
+            y += ph + 16
+        elif block == "button":
+            draw.rounded_rectangle(
+                (16, y, 16 + rng.uniform(0.2, 0.4) * w, y + 36), radius=10, fill=_colour(rng, 0, 200)
+            )
+            draw.text((28, y + 8), str(rng.choice(WORDS)), fill=(255, 255, 255), font=font)
+            y += 52
+        else:
+            for _ in range(int(rng.integers(1, 4))):
+                words = " ".join(rng.choice(WORDS, int(rng.integers(2, 7)))).lower()
+                draw.text((16, y), words, fill=ink, font=font)
+                y += int(font.size * 1.5)
+            y += 10
+    return image
+
+
+def _selfie(w: int, h: int, rng: np.random.Generator) -> Image.Image:
+    image = _to_image(make_background(str(rng.choice(["plain", "coloured", "wood", "fabric"])), h, w, rng))
+    draw = ImageDraw.Draw(image)
+    skin = tuple(int(v) for v in np.array([224, 172, 140]) * rng.uniform(0.45, 1.1))
+    hair = _colour(rng, 10, 90)
+    r = rng.uniform(0.18, 0.3) * min(w, h)
+    cx, cy = w / 2 + rng.uniform(-0.08, 0.08) * w, h * rng.uniform(0.38, 0.48)
+    draw.ellipse((cx - 2.4 * r, cy + 1.1 * r, cx + 2.4 * r, cy + 4 * r), fill=_colour(rng, 0, 256))  # shoulders
+    draw.rectangle((cx - 0.35 * r, cy + 0.8 * r, cx + 0.35 * r, cy + 1.5 * r), fill=skin)  # neck
+    draw.ellipse((cx - 1.08 * r, cy - 1.45 * r, cx + 1.08 * r, cy + 0.6 * r), fill=hair)
+    draw.ellipse((cx - 0.85 * r, cy - 1.1 * r, cx + 0.85 * r, cy + 1.1 * r), fill=skin)
+    for side in (-1, 1):
+        ex, ey = cx + side * 0.35 * r, cy - 0.15 * r
+        draw.ellipse((ex - 0.15 * r, ey - 0.08 * r, ex + 0.15 * r, ey + 0.08 * r), fill=(245, 245, 245))
+        draw.ellipse((ex - 0.06 * r, ey - 0.06 * r, ex + 0.06 * r, ey + 0.06 * r), fill=_colour(rng, 20, 110))
+    draw.arc((cx - 0.35 * r, cy + 0.2 * r, cx + 0.35 * r, cy + 0.6 * r), 20, 160, fill=(150, 60, 60), width=5)
+    return image.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.5)))
+
+
 def _to_image(rgb: np.ndarray) -> Image.Image:
     return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
 
@@ -310,11 +374,11 @@ def format_ood_report(result: dict) -> str:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("nongarments", help="write a seeded set of images that are not garments")
     p.add_argument("--out", type=Path, required=True, help="folder for the images and kinds.csv")
-    p.add_argument(
-        "--n", type=positive_int, default=210, help=f"number of images (default 210, cycling {', '.join(KINDS)})"
-    )
+    p.add_argument("--n", type=positive_int, default=270, help="number of images (default 270: 30 of each kind)")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=lambda a: print(f"wrote {len(write_nongarments(a.out, a.n, a.seed))} images to {a.out}") or 0)  # fmt: skip
+    p.add_argument("--kinds", type=_kinds, default=KINDS, metavar="K1,K2",
+                   help=f"comma-separated kinds to cycle through (default all: {','.join(KINDS)})")  # fmt: skip
+    p.set_defaults(func=_cmd_nongarments)
     p = sub.add_parser("ood-eval", help="how often every model flags non-garments, test images and garment photos")
     p.add_argument("--models", type=Path, default=Path("assets/models"), help="folder of checkpoint folders")
     p.add_argument("--nongarments", type=Path, required=True, help="a folder written by `drnets nongarments`")
@@ -322,6 +386,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", default=None, help="Fashion-MNIST folder (default: the Debian files)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_ood_eval)
+
+
+def _kinds(text: str) -> tuple[str, ...]:
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(f"unknown kinds {', '.join(unknown) or '(none)'}; known: {', '.join(KINDS)}")
+    return kinds
+
+
+def _cmd_nongarments(args: argparse.Namespace) -> int:
+    rows = write_nongarments(args.out, args.n, args.seed, args.kinds)
+    print(f"wrote {len(rows)} images to {args.out}")
+    return 0
 
 
 def _cmd_ood_eval(args: argparse.Namespace) -> int:

@@ -45,7 +45,8 @@ done_epochs mobilenetv2-photo 1 || $PY -m drnets train --model mobilenetv2 --mod
 # (a tenth of the set, outlier exposure: answered with a flat distribution); pool caches are
 # prepared again whenever the upload path's code changed (drnets.photo_pool).
 for s in 1 2; do
-  [ -f "runs/outliers-$s/kinds.csv" ] || $PY -m drnets nongarments --out "runs/outliers-$s" --n 1000 --seed "200$s"
+  [ -f "runs/outliers-$s/kinds.csv" ] || $PY -m drnets nongarments --out "runs/outliers-$s" --n 1000 --seed "200$s" \
+    --kinds noise,flat,shapes,text,smiley,texture,desk
 done
 OUTLIERS=(--outlier-pool runs/outliers-1 --outlier-pool runs/outliers-2 --outlier-share 0.1 --outlier-weight 0.5)
 done_epochs drnet-open 2 || $PY -m drnets train --model drnet --model-config "$ROUTED" --init-from runs/drnet/model \

@@ -16,7 +16,15 @@ from drnets import ood
 from drnets.checkpoint import load_checkpoint, save_checkpoint
 from drnets.cli import main
 from drnets.data import FASHION_MNIST_CLASSES, load_dataset
-from drnets.nongarments import KINDS, format_ood_report, read_kinds, render_nongarment, write_nongarments
+from drnets.nongarments import (
+    HELD_OUT_KINDS,
+    KINDS,
+    TRAINING_KINDS,
+    format_ood_report,
+    read_kinds,
+    render_nongarment,
+    write_nongarments,
+)
 
 ASSETS = Path(__file__).parents[1] / "assets" / "models"
 TRAINING = {"dataset": "fashion-mnist", "mean": [0.2860], "std": [0.3530], "input_size": [1, 28, 28]}
@@ -148,6 +156,17 @@ def test_nongarment_set_is_deterministic_and_covers_every_kind(tmp_path) -> None
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
         Image.open(tmp_path / "a" / name).verify()
     assert any((tmp_path / "a" / n).read_bytes() != (tmp_path / "c" / n).read_bytes() for n, _ in other)
+
+
+def test_a_nongarment_set_of_some_kinds_is_the_same_images_as_those_kinds_alone(tmp_path) -> None:
+    """The training outliers are drawn from TRAINING_KINDS only: the held-out kinds stay unseen."""
+    rows = write_nongarments(tmp_path / "t", n=len(TRAINING_KINDS) + 2, seed=5, kinds=TRAINING_KINDS)
+    assert [kind for _, kind in rows] == [*TRAINING_KINDS, *TRAINING_KINDS[:2]]
+    assert not set(HELD_OUT_KINDS) & {kind for _, kind in rows}
+    with pytest.raises(ValueError, match="unknown kinds sweater"):
+        write_nongarments(tmp_path / "u", n=2, kinds=("noise", "sweater"))
+    assert main(["nongarments", "--out", str(tmp_path / "v"), "--n", "2", "--kinds", "selfie,screenshot"]) == 0
+    assert [kind for _, kind in read_kinds(tmp_path / "v")] == ["selfie", "screenshot"]
 
 
 def test_ood_report_names_every_rate() -> None:
