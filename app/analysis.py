@@ -70,7 +70,7 @@ class ModelRun:
     probs: np.ndarray
     trace: RoutingTrace
     calibrated: np.ndarray | None = None  # softmax(logits / T) with the checkpoint's T; None: uncalibrated
-    ood_score: float | None = None  # Mahalanobis distance of the features; higher = less like the training data
+    ood_score: float | None = None  # drnets.ood's score; higher = less like the training data
     in_distribution: bool | None = None  # None: no calibration.json, no verdict
 
     @property

@@ -320,8 +320,8 @@ def evaluate_ood(
             calibration, source = ood.calibrate(checkpoint, data_root), "fitted now"
         policy = policy_with(checkpoint.model)
         logits, feats = ood.logits_and_features(checkpoint.model, to_input(test.images[held], *key[1:]), policy)
-        test_scores = calibration.ood_scores(feats.numpy())
-        ng_scores = calibration.ood_scores(ood.logits_and_features(checkpoint.model, ng, policy)[1].numpy())
+        test_scores = calibration.ood_scores(feats.numpy(), logits)
+        ng_scores = _scores(calibration, checkpoint.model, ng, policy)
         row = {
             "calibration": source,
             "temperature": calibration.temperature,
@@ -340,13 +340,18 @@ def evaluate_ood(
             },
         }
         if ph is not None:
-            row["flagged_photos"] = float(np.mean(~calibration.in_distribution(
-                calibration.ood_scores(ood.logits_and_features(checkpoint.model, ph, policy)[1].numpy())
-            )))  # fmt: skip
+            row["flagged_photos"] = float(np.mean(~calibration.in_distribution(_scores(calibration, checkpoint.model, ph, policy))))  # fmt: skip
         result["models"][folder.name] = row
         if progress:
             progress(f"{folder.name}: done")
     return result
+
+
+def _scores(calibration, model: torch.nn.Module, images: torch.Tensor, policy) -> np.ndarray:
+    from . import ood
+
+    logits, features = ood.logits_and_features(model, images, policy)
+    return calibration.ood_scores(features.numpy(), logits)
 
 
 def format_ood_report(result: dict) -> str:

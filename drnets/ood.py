@@ -5,13 +5,18 @@ Two things are fitted per checkpoint and stored beside it as ``calibration.json`
 - **Temperature scaling** (Guo et al. 2017): probabilities are ``softmax(logits / T)`` with one T
   fitted by minimising the negative log-likelihood on held-out images. Logits, the predicted class,
   accuracy and FLOPs do not change; only how sure the probabilities say the model is.
-- **An out-of-distribution score**: the Mahalanobis distance (Lee et al. 2018) of the image's pooled
-  late features (``pooled_features``) to the nearest class mean, under one covariance shared by the classes, both
-  fitted on training images. An image is flagged when its score exceeds the threshold that flags
-  ``FLAG_RATE`` of the held-out in-distribution images. Measured on drawings, text, noise, bare
-  surfaces and desk scenes after the upload preprocessing (``drnets.nongarments``), this separates
-  them from Fashion-MNIST far better than scores of the logits (max softmax probability, max
-  logit, energy), which the models keep confidently high on such inputs (docs/MODELS.md).
+- **An out-of-distribution score**: the larger of two, each scaled so that 0 is the median and 1
+  the 95th percentile of held-out Fashion-MNIST images: the **energy** of the logits (Liu et al.
+  2020, ``-logsumexp(logits)``), which outlier exposure in training (``drnets train --outlier-pool``)
+  drives up on things that are not garments, and the **Mahalanobis distance** (Lee et al. 2018) of
+  the image's pooled late features (``pooled_features``) to the nearest class mean, under one
+  covariance shared by the classes, both fitted on training images, which needs no such training.
+  An image is flagged when its score exceeds the threshold that flags ``FLAG_RATE`` of the held-out
+  in-distribution images. Measured on drawings, text, noise, bare surfaces, desks, screenshots and
+  selfies after the upload preprocessing (``drnets.nongarments``, docs/MODELS.md): with outlier
+  exposure the energy alone flags nearly all of them but also more garment photos; the distance
+  alone misses text and shapes; the larger of the two keeps both rates in bounds.
+  ``score="mahalanobis"`` (files written before the combination) is the distance alone.
 
 The shipped models were trained on all 60k training images, so the held-out images are the 10k
 test images, split in two halves by a fixed seed: T and the threshold are fitted on the
@@ -41,7 +46,8 @@ from .router import RoutingPolicy
 
 CALIBRATION = "calibration.json"
 FORMAT, VERSION = "drnets-calibration", 1
-SCORE = "mahalanobis"
+MAHALANOBIS, COMBINED = "mahalanobis", "mahalanobis+energy"
+SCORES = (MAHALANOBIS, COMBINED)
 FLAG_RATE = 0.05  # share of in-distribution calibration images the threshold flags
 ECE_BINS = 15
 SPLIT_SEED = 0
@@ -66,6 +72,9 @@ class Calibration:
         threshold: a score above it means "not like the training data".
         center, projection: features are mapped to ``(f - center) @ projection`` ([D, k]; identity when
             None) before the distance; means [classes, k] and precision [k, k] live in that space.
+        score: ``COMBINED`` or ``MAHALANOBIS`` (the distance alone).
+        scales: for ``COMBINED``, the (median, 95th percentile) of the distance and of the energy on
+            the calibration images, which map each onto a common scale.
         fit: how it was fitted (images, seed, flag rate, routing threshold) and what it measured.
     """
 
@@ -77,14 +86,28 @@ class Calibration:
     precision: np.ndarray
     center: np.ndarray | None = None
     projection: np.ndarray | None = None
-    score: str = SCORE
+    score: str = MAHALANOBIS
+    scales: dict[str, tuple[float, float]] = field(default_factory=dict)
     fit: dict[str, Any] = field(default_factory=dict)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return calibrated_probs(logits, self.temperature)
 
-    def ood_scores(self, features: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Squared Mahalanobis distance to the nearest class mean; higher = less like the training data."""
+    def ood_scores(self, features: np.ndarray | torch.Tensor, logits: torch.Tensor | None = None) -> np.ndarray:
+        """The out-of-distribution score of each image; higher = less like the training data."""
+        distance = self.distances(features)
+        if self.score == MAHALANOBIS:
+            return distance
+        if logits is None:
+            raise CalibrationError(f"the {self.score} score needs the logits as well as the features")
+        return np.maximum(self._scaled(MAHALANOBIS, distance), self._scaled("energy", energy(logits)))
+
+    def _scaled(self, name: str, values: np.ndarray) -> np.ndarray:
+        median, high = self.scales[name]
+        return (values - median) / (high - median)
+
+    def distances(self, features: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Squared Mahalanobis distance to the nearest class mean."""
         f = np.asarray(features, dtype=np.float64)
         expected = len(self.projection) if self.projection is not None else self.means.shape[1]
         if f.ndim != 2 or f.shape[1] != expected:
@@ -115,6 +138,7 @@ class Calibration:
             "temperature": self.temperature,
             "score": self.score,
             "threshold": self.threshold,
+            "scales": {name: list(pair) for name, pair in self.scales.items()},
             "fit": self.fit,
             **{k: None if v is None else _rounded(v) for k, v in arrays.items()},
         }
@@ -136,6 +160,17 @@ def calibrated_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Te
 
 def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:
     return float(nn.functional.cross_entropy(logits.float() / temperature, labels))
+
+
+def energy(logits: torch.Tensor) -> np.ndarray:
+    """``-logsumexp(logits)`` per image: low where one class stands out, high where none does."""
+    return (-torch.logsumexp(torch.as_tensor(logits).detach().float(), dim=1)).double().numpy()
+
+
+def score_scale(values: np.ndarray) -> tuple[float, float]:
+    """(median, 95th percentile): where a score of in-distribution images sits and how far it spreads."""
+    median, high = np.quantile(np.asarray(values, dtype=np.float64), [0.5, 0.95])
+    return float(median), float(max(high, median + 1e-9))
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, low: float = 0.05, high: float = 20.0) -> float:
@@ -262,6 +297,7 @@ def calibrate(
     train_images: int = TRAIN_IMAGES,
     seed: int = SPLIT_SEED,
     flag_rate: float = FLAG_RATE,
+    score: str = COMBINED,
 ) -> Calibration:
     """Fit T and the detector on Fashion-MNIST (the shipped models' data) at the model's own routing policy."""
     from .data import load_dataset, to_input
@@ -279,9 +315,14 @@ def calibrate(
     cal, held = split_halves(len(test.labels), seed)
     temperature = fit_temperature(logits[cal], test.labels[cal])
     result = Calibration(
-        checkpoint.name, weights_digest(checkpoint), temperature, 0.0, means, precision, center, projection
+        checkpoint.name, weights_digest(checkpoint), temperature, 0.0, means, precision, center, projection, score
     )
-    scores = result.ood_scores(feats.numpy())
+    if score == COMBINED:
+        result.scales = {
+            MAHALANOBIS: score_scale(result.distances(feats[cal].numpy())),
+            "energy": score_scale(energy(logits[cal])),
+        }
+    scores = result.ood_scores(feats.numpy(), logits)
     result.threshold = threshold_for(scores[cal], flag_rate)
     labels = test.labels[held]
     result.fit = {
@@ -291,6 +332,7 @@ def calibrate(
         "held_out_images": len(held),
         "seed": seed,
         "flag_rate": flag_rate,
+        "score": score,
         "routing_threshold": None if policy is None else policy.threshold,
         "feature_dims": int(train_feats.shape[1]),
         "held_out": {
@@ -377,11 +419,17 @@ def _from_dict(data: dict[str, Any]) -> Calibration:
     temperature, threshold = float(data["temperature"]), float(data["threshold"])
     if not (math.isfinite(temperature) and temperature > 0 and math.isfinite(threshold)):
         raise ValueError("temperature must be positive and the threshold finite")
-    if data.get("score") != SCORE:
-        raise ValueError(f"unknown score {data.get('score')!r}")
+    score = data.get("score")
+    if score not in SCORES:
+        raise ValueError(f"unknown score {score!r}")
+    scales = {}
+    if score == COMBINED:
+        scales = {name: tuple(float(v) for v in data["scales"][name]) for name in (MAHALANOBIS, "energy")}
+        if any(len(pair) != 2 or not pair[1] > pair[0] for pair in scales.values()):
+            raise ValueError("scales must be (median, 95th percentile) pairs, the second above the first")
     return Calibration(
         str(data["model"]), str(data["weights_sha256"]), temperature, threshold,
-        means, precision, center, projection, SCORE, dict(data.get("fit") or {}),
+        means, precision, center, projection, score, scales, dict(data.get("fit") or {}),
     )  # fmt: skip
 
 
@@ -394,7 +442,7 @@ def judge(
     """(calibrated probabilities [B, classes], ood scores [B] or None, in-distribution flags [B] or None)."""
     if calibration is None:
         return calibrated_probs(logits), None, None
-    scores = calibration.ood_scores(features.numpy() if isinstance(features, torch.Tensor) else features)
+    scores = calibration.ood_scores(features.numpy() if isinstance(features, torch.Tensor) else features, logits)
     return calibration.probabilities(logits), scores, calibration.in_distribution(scores)
 
 
@@ -404,12 +452,12 @@ def judge(
 def cmd_calibrate(args: argparse.Namespace) -> int:
     checkpoint = load_checkpoint(args.checkpoint)
     torch.manual_seed(0)
-    calibration = calibrate(checkpoint, args.data_root, args.train_images, args.seed, args.flag_rate)
+    calibration = calibrate(checkpoint, args.data_root, args.train_images, args.seed, args.flag_rate, args.score)
     path = save_calibration(calibration, checkpoint.path)
     held = calibration.fit["held_out"]
     print(
         f"{path}: T = {calibration.temperature:.3f}; threshold {calibration.threshold:.2f} "
-        f"({SCORE} distance, flags {held['flagged']:.1%} of the held-out half); "
+        f"({calibration.score} score, flags {held['flagged']:.1%} of the held-out half); "
         f"ECE {held['ece_before']:.4f} -> {held['ece_after']:.4f}, NLL {held['nll_before']:.4f} -> {held['nll_after']:.4f}"
     )
     return 0
@@ -427,4 +475,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-images", type=int, default=TRAIN_IMAGES, help="training images for the class means")
     p.add_argument("--seed", type=int, default=SPLIT_SEED, help="seed of the test split and the training sample")
     p.add_argument("--flag-rate", type=float, default=FLAG_RATE, help="share of in-distribution images flagged")
+    p.add_argument("--score", choices=SCORES, default=COMBINED,
+                   help="out-of-distribution score: the larger of distance and energy (default), or the distance alone")  # fmt: skip
     p.set_defaults(func=cmd_calibrate)

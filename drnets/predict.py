@@ -139,7 +139,7 @@ def _print_result(row: dict[str, Any], classes: int) -> None:
     )
     if row["ood_score"] is not None:
         verdict = "like the training data" if row["in_distribution"] else "unlike the training data"
-        print(f"  out-of-distribution score: {row['ood_score']:.1f} (threshold {row['ood_threshold']:.1f}: {verdict})")
+        print(f"  out-of-distribution score: {row['ood_score']:.2f} (threshold {row['ood_threshold']:.2f}: {verdict})")
     if row["notes"]:
         print(f"  preprocessing: {'; '.join(row['notes'])}")
 

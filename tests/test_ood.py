@@ -72,6 +72,29 @@ def test_mahalanobis_flags_points_far_from_every_class() -> None:
     assert calibration.in_distribution(calibration.ood_scores(centres)).all()
 
 
+def test_the_combined_score_flags_what_either_part_flags() -> None:
+    """Features near a class but logits with no class standing out, or the reverse: both flagged."""
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, 600)
+    centres = np.array([[0.0] * 4, [5.0] * 4, [-5.0, 5.0, -5.0, 5.0]])
+    feats = centres[labels] + rng.normal(0, 1, (600, 4))
+    logits = torch.nn.functional.one_hot(torch.as_tensor(labels), 3).float() * 8 + torch.randn(600, 3) * 0.3
+    calibration = ood.Calibration("x", "", 1.0, 0.0, *ood.fit_gaussian(feats, labels, 3), score=ood.COMBINED)
+    calibration.scales = {
+        ood.MAHALANOBIS: ood.score_scale(calibration.distances(feats)),
+        "energy": ood.score_scale(ood.energy(logits)),
+    }
+    calibration.threshold = ood.threshold_for(calibration.ood_scores(feats, logits), 0.05)
+    unsure = torch.zeros(1, 3)  # no class stands out
+    assert calibration.in_distribution(calibration.ood_scores(centres[:1], logits[labels == 0][:1])).all()
+    assert not calibration.in_distribution(calibration.ood_scores(centres[:1], unsure)).any()
+    assert not calibration.in_distribution(calibration.ood_scores(np.full((1, 4), 30.0), logits[:1])).any()
+    with pytest.raises(ood.CalibrationError, match="needs the logits"):
+        calibration.ood_scores(feats)
+    again = ood._from_dict(json.loads(calibration.to_json()))
+    np.testing.assert_allclose(again.ood_scores(feats, logits), calibration.ood_scores(feats, logits), atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, tiny_model) -> Path:
     return save_checkpoint(

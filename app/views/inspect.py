@@ -170,8 +170,9 @@ def verdict_ui(name: str, run: ModelRun, models: ModelSet) -> None:
         st.metric(
             f"{LABELS[name]} says", "Not one of its classes", f"closest: {models.class_names[run.pred]}",
             delta_color="off", delta_arrow="off",
-            help=f"Out-of-distribution score {run.ood_score:.0f}, above the threshold fitted on Fashion-MNIST "
-            "test images (Mahalanobis distance of the features to the nearest class).",
+            help=f"Out-of-distribution score {run.ood_score:.2f}, above the threshold fitted on Fashion-MNIST "
+            "test images: no class stands out in the logits (energy), or the features lie far from every "
+            "class (Mahalanobis distance).",
         )  # fmt: skip
         st.caption(
             f"This image {NOT_GARMENT.format(n=len(models.class_names))}; the details below are what it computed anyway."
