@@ -62,8 +62,14 @@ def _warm_every_folder() -> None:
 
 def _warm_first_visit(models: ModelSet) -> None:
     """What a first visit computes at the default settings: the first sample through every model,
-    and its attributions. They land in the pages' st.cache_data caches, which outlive this call."""
+    and its attributions. They land in the pages' st.cache_data caches, which outlive this call.
+    Its charts are drawn once too: Plotly builds its templates and validators on first use (about
+    half of a first page run's time)."""
     from app.analysis import EXPLAINED_MODELS, FAST_METHODS, analyse, explain
+    from app.evaluations import load_sweep
+    from app.figures.dataset import sweep_curve
+    from app.figures.network import network_diagram
+    from app.figures.routing import gate_heatmap
     from app.sidebar import default_routing
     from app.state import first_sample
 
@@ -75,6 +81,13 @@ def _warm_first_visit(models: ModelSet) -> None:
     for method in FAST_METHODS:
         for name in (n for n in EXPLAINED_MODELS if n in a.runs):
             explain(models, models.key, a.source.digest, a.prepared.tensor, name, method, *routing)
+    branches = a.runs["drnet"].trace.branches_frame()
+    for figure in (
+        gate_heatmap(branches, routing[0]),
+        network_diagram(branches, routing[0]),
+        sweep_curve(load_sweep(models)),
+    ):
+        figure.to_json()
 
 
 @contextmanager
