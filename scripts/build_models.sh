@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild the shipped models in assets/models/ from scratch: train (same recipe for all three),
 # give the DRNet budget-conditioned sigmoid routers in a second stage, show the DRNet and
-# MobileNetV2 prepared phone photos in a third, add generated non-garments in a fourth, evaluate on the full Fashion-MNIST test set,
+# MobileNetV2 prepared phone photos in a third, add generated non-garments for all three in a fourth, evaluate on the full Fashion-MNIST test set,
 # calibrate, and export the sample images.
 # Usage: scripts/build_models.sh [EPOCHS] [ROUTER_EPOCHS]   (the shipped models: 2 and 3; docs/MODELS.md)
 set -euo pipefail
@@ -41,8 +41,9 @@ done_epochs drnet 1 || $PY -m drnets train --model drnet --model-config "$ROUTED
   "${POOL[@]}" "${BUDGETED[@]}" --batch-size 128 --seed 0 --out runs/drnet --no-progress
 done_epochs mobilenetv2-photo 1 || $PY -m drnets train --model mobilenetv2 --model-config '{}' \
   --init-from runs/mobilenetv2/model "${POOL[@]}" --batch-size 128 --seed 0 --out runs/mobilenetv2-photo --no-progress
-# Stage 4: photos and outliers. Two more epochs with the pool, now also 2,000 generated non-garments
-# (a tenth of the set, outlier exposure: answered with a flat distribution); pool caches are
+# Stage 4: photos and outliers, all three models. More epochs with the pool (DRNet and MobileNetV2
+# two, the dense supernet its first), now also 2,000 generated non-garments of the seven training
+# kinds (a tenth of the set, outlier exposure: answered with a flat distribution); pool caches are
 # prepared again whenever the upload path's code changed (drnets.photo_pool).
 for s in 1 2; do
   [ -f "runs/outliers-$s/kinds.csv" ] || $PY -m drnets nongarments --out "runs/outliers-$s" --n 1000 --seed "200$s" \
@@ -54,7 +55,9 @@ done_epochs drnet-open 2 || $PY -m drnets train --model drnet --model-config "$R
 done_epochs mobilenetv2-open 2 || $PY -m drnets train --model mobilenetv2 --model-config '{}' \
   --init-from runs/mobilenetv2-photo/model "${POOL[@]}" "${OUTLIERS[@]}" --epochs 2 --batch-size 128 --seed 0 \
   --out runs/mobilenetv2-open --no-progress
-declare -A RUN=([drnet]=drnet-open [dense]=dense [mobilenetv2]=mobilenetv2-open)
+done_epochs dense-open 1 || $PY -m drnets train --model dense --model-config "${CONFIG[dense]}" --init-from runs/dense/model \
+  "${POOL[@]}" "${OUTLIERS[@]}" --batch-size 128 --seed 0 --out runs/dense-open --no-progress
+declare -A RUN=([drnet]=drnet-open [dense]=dense-open [mobilenetv2]=mobilenetv2-open)
 for m in drnet dense mobilenetv2; do
   mkdir -p "assets/models/$m"
   cp "runs/${RUN[$m]}/model/model.safetensors" "runs/${RUN[$m]}/model/config.json" "assets/models/$m/"
