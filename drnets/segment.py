@@ -12,9 +12,9 @@ brightness, which holds a vignette around an off-centre light and a gradient acr
 
 GrabCut runs on a copy shrunk to ``SEGMENT_SIZE`` px (longest side) with ``ITERATIONS``
 iterations and the rectangle ``BORDER`` px in from the edge. On the generated phone-style photo
-set (``drnets.photos``) this took about 100 ms per 1200x900 JPEG including decoding, while
-400 px was several times slower and less accurate: finer texture gets its own mixture
-components and leaks into the object. Only the largest connected parts are kept (a sandal's
+set (``drnets.photos``) the whole upload path takes about 125 ms per 1200x900 JPEG including
+decoding (about 170 ms at 160 px), while 400 px was several times slower and less accurate:
+finer texture gets its own mixture components and leaks into the object. Only the largest connected parts are kept (a sandal's
 straps can be separate parts, a shadow fleck is small), and a mask that is tiny, covers nearly
 the whole frame, or does not differ in colour from the background is reported as not found.
 """
