@@ -46,7 +46,7 @@ from .router import RoutingPolicy
 
 CALIBRATION = "calibration.json"
 FORMAT, VERSION = "drnets-calibration", 1
-MAHALANOBIS, COMBINED = "mahalanobis", "mahalanobis+energy"
+MAHALANOBIS, ENERGY, COMBINED = "mahalanobis", "energy", "mahalanobis+energy"
 SCORES = (MAHALANOBIS, COMBINED)
 FLAG_RATE = 0.03  # share of in-distribution calibration images the threshold flags
 ECE_BINS = 15
@@ -100,7 +100,7 @@ class Calibration:
             return distance
         if logits is None:
             raise CalibrationError(f"the {self.score} score needs the logits as well as the features")
-        return np.maximum(self._scaled(MAHALANOBIS, distance), self._scaled("energy", energy(logits)))
+        return np.maximum(self._scaled(MAHALANOBIS, distance), self._scaled(ENERGY, energy(logits)))
 
     def _scaled(self, name: str, values: np.ndarray) -> np.ndarray:
         median, high = self.scales[name]
@@ -320,7 +320,7 @@ def calibrate(
     if score == COMBINED:
         result.scales = {
             MAHALANOBIS: score_scale(result.distances(feats[cal].numpy())),
-            "energy": score_scale(energy(logits[cal])),
+            ENERGY: score_scale(energy(logits[cal])),
         }
     scores = result.ood_scores(feats.numpy(), logits)
     result.threshold = threshold_for(scores[cal], flag_rate)
@@ -332,7 +332,6 @@ def calibrate(
         "held_out_images": len(held),
         "seed": seed,
         "flag_rate": flag_rate,
-        "score": score,
         "routing_threshold": None if policy is None else policy.threshold,
         "feature_dims": int(train_feats.shape[1]),
         "held_out": {
@@ -424,7 +423,7 @@ def _from_dict(data: dict[str, Any]) -> Calibration:
         raise ValueError(f"unknown score {score!r}")
     scales = {}
     if score == COMBINED:
-        scales = {name: tuple(float(v) for v in data["scales"][name]) for name in (MAHALANOBIS, "energy")}
+        scales = {name: tuple(float(v) for v in data["scales"][name]) for name in (MAHALANOBIS, ENERGY)}
         if any(len(pair) != 2 or not pair[1] > pair[0] for pair in scales.values()):
             raise ValueError("scales must be (median, 95th percentile) pairs, the second above the first")
     return Calibration(
