@@ -85,6 +85,12 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--init-from", default=None,
                    help="checkpoint folder to start from where weight names and shapes match (new routers start fresh)")  # fmt: skip
+    g.add_argument("--teacher", default=None, metavar="CHECKPOINT",
+                   help="distil from this trained checkpoint's answers (same data and classes)")  # fmt: skip
+    g.add_argument("--teacher-weight", type=float, default=d.teacher_weight,
+                   help="share of the labelled images' loss taken by the teacher's answers (default 0.5)")  # fmt: skip
+    g.add_argument("--teacher-temperature", type=float, default=d.teacher_temperature,
+                   help="temperature softening the teacher's and the student's answers (default 2)")  # fmt: skip
     g = p.add_argument_group("routing")
     g.add_argument("--cost-weight", type=float, default=d.cost_weight, help="lambda on the expected-FLOPs loss")
     g.add_argument("--cost-scaling", choices=COST_SCALINGS, default=d.cost_scaling,

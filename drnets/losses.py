@@ -5,7 +5,8 @@ or, for budget-conditioned DRNets, the batch-mean expected cost pulled to budget
 (``budget_step``: the sandwich rule with in-place distillation, US-Nets). Costs are the router-weighted
 branch FLOPs as a fraction of the dense branches' FLOPs (``CostTable.expected_flops_fraction``).
 Images labelled ``OUTLIER`` (outlier exposure) take no cross-entropy: ``outlier_loss`` pulls their
-answers towards uniform, and they pay for compute like every other image.
+answers towards uniform, and they pay for compute like every other image. With a teacher checkpoint,
+labelled images also learn its softened answers (``label_loss``, knowledge distillation).
 """
 
 from __future__ import annotations
@@ -27,12 +28,19 @@ if TYPE_CHECKING:
 
 
 def training_loss(
-    model: nn.Module, logits: torch.Tensor, trace, labels: torch.Tensor, cfg: TrainConfig, h: int, w: int
+    model: nn.Module,
+    logits: torch.Tensor,
+    trace,
+    labels: torch.Tensor,
+    cfg: TrainConfig,
+    h: int,
+    w: int,
+    teacher_logits: torch.Tensor | None = None,
 ):
     """(loss to minimise, cross-entropy part); ``model`` may be wrapped in DDP."""
     known = labels != OUTLIER
     ce = F.cross_entropy(logits[known], labels[known])
-    loss = ce + cfg.outlier_weight * outlier_loss(logits, labels)
+    loss = label_loss(ce, logits, labels, teacher_logits, cfg) + cfg.outlier_weight * outlier_loss(logits, labels)
     core = model.module if hasattr(model, "module") else model
     if isinstance(core, DRNet) and core.config.dynamic and cfg.cost_weight > 0:
         cost = core.cost_table(h, w).expected_flops_fraction(trace.gates, cfg.pool_price).float()  # [B]
@@ -42,6 +50,30 @@ def training_loss(
                 cost[known], logits[known], labels[known], cfg.difficulty_spread, cfg.difficulty_by
             )
     return loss, ce
+
+
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 x KL(teacher || student), both softened by temperature T (Hinton et al. 2015); the T^2 keeps
+    the gradients' scale whatever T is."""
+    student = (logits.float() / temperature).log_softmax(1)
+    teacher = (teacher_logits.float() / temperature).softmax(1)
+    return F.kl_div(student, teacher, reduction="batchmean") * temperature**2
+
+
+def label_loss(
+    ce: torch.Tensor,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    cfg: TrainConfig,
+) -> torch.Tensor:
+    """The labelled images' loss: the cross-entropy, or, with a teacher's answers, (1 - w) x it plus
+    w x the distillation loss, w = ``cfg.teacher_weight``."""
+    if teacher_logits is None:
+        return ce
+    known = labels != OUTLIER
+    kd = distillation_loss(logits[known], teacher_logits[known], cfg.teacher_temperature)
+    return (1 - cfg.teacher_weight) * ce + cfg.teacher_weight * kd
 
 
 def outlier_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -70,20 +102,23 @@ def budget_loss(
     trace,
     labels: torch.Tensor,
     budget: float,
-    teacher: torch.Tensor | None,
+    largest: torch.Tensor | None,
     cfg: TrainConfig,
     ramp: float,
     h: int,
     w: int,
+    teacher_logits: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, cross-entropy) of one budget's pass: labels (and the teacher's answers, for every budget
-    but the largest), outliers, the batch-mean expected cost pulled to ``budget``, and the difficulty term."""
+    """(loss, cross-entropy) of one budget's pass: labels (and the largest budget's answers, for every
+    budget but the largest; else a teacher checkpoint's answers, if any), outliers, the batch-mean
+    expected cost pulled to ``budget``, and the difficulty term."""
     known = labels != OUTLIER
     ce = F.cross_entropy(logits[known], labels[known])
-    loss = ce
-    if teacher is not None:
-        kd = F.kl_div(logits.float().log_softmax(1), teacher.float().softmax(1), reduction="batchmean")
+    if largest is not None:
+        kd = F.kl_div(logits.float().log_softmax(1), largest.float().softmax(1), reduction="batchmean")
         loss = 0.5 * (ce + kd)
+    else:
+        loss = label_loss(ce, logits, labels, teacher_logits, cfg)
     loss = loss + cfg.outlier_weight * outlier_loss(logits, labels)
     core = model.module if hasattr(model, "module") else model
     cost = core.cost_table(h, w).expected_flops_fraction(trace.gates, cfg.pool_price).float()  # [B]
@@ -105,6 +140,7 @@ def budget_step(
     scale: Callable[[torch.Tensor], torch.Tensor],
     autocast: Callable[[], Any],
     size: tuple[int, int],
+    teacher_logits: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Any, torch.Tensor]:
     """One step's passes, one per budget of ``step_budgets``, each backpropagated before the next (one
     graph in memory at a time); the gradients add up for one optimizer step. Returns the largest
@@ -113,8 +149,8 @@ def budget_step(
     for budget in step_budgets(cfg):
         with autocast():
             logits, trace = net(x, replace(policy, budget=budget))
-            teacher = largest[0] if largest is not None else None
-            loss, ce = budget_loss(net, logits, trace, y, budget, teacher, cfg, ramp, *size)
+            inplace = largest[0] if largest is not None else None
+            loss, ce = budget_loss(net, logits, trace, y, budget, inplace, cfg, ramp, *size, teacher_logits)
         scale(loss).backward()
         if largest is None:
             largest = (logits.detach(), trace, ce.detach())

@@ -95,6 +95,12 @@ class TrainConfig:
     # policy on a trained backbone): a budgeted DRNet takes a softmax DRNet's stem, branches and
     # classifier; its routers, which the checkpoint lacks, start fresh.
     init_from: str | None = None
+    # Knowledge distillation (Hinton et al. 2015): a trained checkpoint on the same data whose answers,
+    # softened by teacher_temperature, make up teacher_weight of the loss on labelled images. A small
+    # DRNet learns photos from MobileNetV2's answers better than from labels alone (docs/MODELS.md).
+    teacher: str | None = None
+    teacher_weight: float = 0.5
+    teacher_temperature: float = 2.0
     limit: int | None = None  # train on the first N images only (smoke tests)
     augment: str = "crop-flip"  # "photo" adds what upload preprocessing cannot undo (drnets.augment)
     # `drnets photos --split train` folders, prepared as uploads are, mixed in as this share of the
@@ -144,6 +150,10 @@ class TrainConfig:
         for name in ("photo_share", "outlier_share"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"{name} must lie in (0, 1), got {getattr(self, name)}")
+        if not 0 < self.teacher_weight <= 1:
+            raise ValueError(f"teacher_weight must lie in (0, 1], got {self.teacher_weight}")
+        if not self.teacher_temperature > 0:
+            raise ValueError(f"teacher_temperature must be > 0, got {self.teacher_temperature}")
         if not 0 <= self.cost_warmup < 1:
             raise ValueError(f"cost_warmup must lie in [0, 1), got {self.cost_warmup}")
 
@@ -250,6 +260,25 @@ def warm_start(model: nn.Module, checkpoint: str) -> list[str]:
     return [k for k in target if k not in matched]
 
 
+def load_teacher(
+    checkpoint: str, class_names: list[str], mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> nn.Module:
+    """``--teacher``'s model, frozen in eval mode; refuses one trained on other classes or normalisation,
+    whose answers would not be about these images."""
+    loaded = load_checkpoint(checkpoint, device)
+    if loaded.class_names != list(class_names):
+        raise ValueError(
+            f"--teacher {checkpoint}: its classes {loaded.class_names} are not the data's {list(class_names)}"
+        )
+    seen = (loaded.training.get("mean"), loaded.training.get("std"))
+    if seen != (list(mean), list(std)):
+        raise ValueError(
+            f"--teacher {checkpoint}: trained on inputs normalised by {seen}, not {(list(mean), list(std))}"
+        )
+    loaded.model.requires_grad_(False)
+    return loaded.model
+
+
 def build_optimizer(cfg: TrainConfig, model: nn.Module, total_steps: int):
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps)
@@ -354,6 +383,7 @@ def fit(
         data = mixed(data, outliers, cfg.outlier_share)
     mean, std = normalization(cfg.data, channels)
     model = build_model(cfg, data).to(ctx.device)
+    teacher = load_teacher(cfg.teacher, data.class_names, mean, std, ctx.device) if cfg.teacher else None
     torch.backends.cudnn.enabled = cfg.cudnn if cfg.cudnn is not None else cudnn_suits_training(model, ctx.device)
     nhwc = ctx.device.type == "cuda" and (cfg.layout == "channels_last" if cfg.layout else torch.backends.cudnn.enabled)
     if nhwc:
@@ -405,13 +435,17 @@ def fit(
             temperature = temperature_at(step, total_steps, cfg.tau_start, cfg.tau_end)
             policy = replace(model.default_policy, temperature=temperature) if routed else None
             optimizer.zero_grad(set_to_none=True)
+            soft = None
+            if teacher is not None:
+                with torch.no_grad(), autocast():
+                    soft = teacher(x)[0]
             if budgeted:
                 ramp = cost_ramp(step, total_steps, cfg.cost_warmup)
-                logits, trace, ce = budget_step(net, x, y, policy, cfg, ramp, scaler.scale, autocast, (h, w))
+                logits, trace, ce = budget_step(net, x, y, policy, cfg, ramp, scaler.scale, autocast, (h, w), soft)
             else:
                 with autocast():
                     logits, trace = net(x, policy)
-                    loss, ce = training_loss(net, logits, trace, y, cfg, h, w)
+                    loss, ce = training_loss(net, logits, trace, y, cfg, h, w, soft)
                 scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()

@@ -15,12 +15,15 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from fakedata import TINY_DRNET, write_idx_dataset
 
 from drnets.checkpoint import load_checkpoint, save_checkpoint
 from drnets.cli import main
+from drnets.losses import distillation_loss, label_loss
 from drnets.model import create_model
-from drnets.train import STATE_FILE, warm_start
+from drnets.photo_pool import OUTLIER
+from drnets.train import STATE_FILE, TrainConfig, warm_start
 
 EPOCHS = 3
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -290,3 +293,39 @@ def test_a_budgeted_drnet_trains_through_the_cli(data_root: Path, tmp_path: Path
     assert metrics["epoch"] == EPOCHS and metrics["train_loss"] == metrics["train_loss"]  # not NaN
     model = load_checkpoint(tmp_path / "model").model
     assert model.config.budgeted and model.cells[0].router.budget_scale is not None
+
+
+def test_distillation_pulls_the_answers_towards_the_teachers() -> None:
+    """label_loss mixes the cross-entropy with the teacher's softened answers; an answer equal to the
+    teacher's costs (1 - w) x the cross-entropy only, and the gradient moves a student towards it."""
+    labels = torch.tensor([0, 1, OUTLIER])
+    teacher = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0], [9.0, -9.0, 0.0]])
+    cfg = TrainConfig(teacher_weight=0.25, teacher_temperature=2.0)
+    ce = F.cross_entropy(teacher[:2], labels[:2])
+    assert torch.allclose(label_loss(ce, teacher, labels, teacher, cfg), 0.75 * ce)
+    assert label_loss(ce, teacher, labels, None, cfg) is ce
+    student = torch.zeros(3, 3, requires_grad=True)
+    distillation_loss(student[:2], teacher[:2], 2.0).backward()
+    assert (student.grad[:2].argmin(1) == teacher[:2].argmax(1)).all()  # descent raises the teacher's favourite
+    assert distillation_loss(teacher, teacher, 2.0).abs() < 1e-6
+
+
+def test_a_teacher_changes_what_the_student_learns(data_root: Path, reference_run: Path, tmp_path: Path) -> None:
+    flags = ("--epochs", "1", "--limit", "48")
+    _train(data_root, tmp_path / "plain", *flags)
+    _train(data_root, tmp_path / "taught", *flags, "--teacher", str(reference_run / "model"), "--teacher-weight", "0.9")
+    plain, taught = _weights(tmp_path / "plain"), _weights(tmp_path / "taught")
+    assert any(not torch.equal(plain[k], taught[k]) for k in plain)
+    recipe = json.loads((tmp_path / "taught" / "args.json").read_text())
+    assert recipe["teacher"] == str(reference_run / "model") and recipe["teacher_weight"] == 0.9
+
+
+def test_a_teacher_of_other_classes_is_refused(data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    other = create_model("mobilenetv2", width_mult=0.25, num_classes=3)
+    save_checkpoint(tmp_path / "mnv2", other, "mobilenetv2", ["a", "b", "c"], {})
+    args = ["train", "--data-root", str(data_root), "--epochs", "1", "--limit", "16", "--out", str(tmp_path / "run"),
+            "--no-progress", "--teacher", str(tmp_path / "mnv2")]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--teacher" in err and "are not the data's" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "model").exists()
