@@ -13,6 +13,7 @@ import streamlit as st
 from streamlit.logger import get_logger
 
 from app.models import ModelSet
+from drnets.ood import UNKNOWN_ANSWER
 
 log = get_logger("drnets.app")  # Streamlit's handler and level (logger.level in streamlit_config.toml)
 # What the DRNet paper reports on CIFAR-10, as shares of MobileNetV2's cost; the pages compare with it.
@@ -91,6 +92,11 @@ def pixelated(image: np.ndarray, size: int = 196) -> np.ndarray:
 def verdict(model: str, answer: str, probability: float) -> None:
     """'DRNet says / Sandal / 12% probability' in large type, readable on a projector."""
     st.metric(f"{model} says", answer, f"{probability:.0%} probability", delta_color="off", delta_arrow="off")
+
+
+def unknown_verdict(model: str, closest: str, help: str | None = None) -> None:
+    """'DRNet says / I don't know / closest: Shirt' for an image unlike the training data."""
+    st.metric(f"{model} says", UNKNOWN_ANSWER, f"closest: {closest}", delta_color="off", delta_arrow="off", help=help)
 
 
 def top_predictions(probs: np.ndarray, class_names: list[str], k: int = 3) -> None:

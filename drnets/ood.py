@@ -55,6 +55,8 @@ TRAIN_IMAGES = 5000  # training images the class means and the covariance are fi
 MAX_DIMS = 96  # wider features are projected onto their top principal components first
 SHRINKAGE = 1e-3  # added to the covariance's diagonal, relative to its mean variance
 NOT_GARMENT = "does not look like any of the {n} classes the model knows"
+# The answer in large type for such an image: short enough for a metric in a third of a laptop screen.
+UNKNOWN_ANSWER = "I don't know"
 UNCALIBRATED = "uncalibrated (no calibration.json): probabilities at T = 1, no out-of-distribution verdict"
 
 

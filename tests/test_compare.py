@@ -18,14 +18,17 @@ from streamlit.testing.v1 import AppTest
 from app import state
 from app.figures import compare
 from app.samples import read_sample
+from drnets import ood
 from drnets.checkpoint import load_checkpoint
 from drnets.inference import for_inference
+from drnets.nongarments import render_nongarment
 from drnets.router import RoutingPolicy
 from drnets.trace import RoutingTrace
 from drnets.upload import prepare_upload
 
 PAGE = appkit.ROOT / "app" / "views" / "compare.py"
 TIMEOUT = 300  # seconds per script run; the first one loads every model on a loaded 2-core machine
+ASSETS = appkit.ROOT / "assets" / "models"
 BROKEN_PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + b"truncated"
 SNEAKER, SHIRT = "sneaker_0.png", "shirt_0.png"
 app_models = appkit.app_models  # session fixture: the shipped models or stand-ins
@@ -189,3 +192,18 @@ def test_figures_say_why_they_are_empty() -> None:
     empty = pd.DataFrame()
     for fig in (compare.difference_heatmap(empty, empty, 0.1), compare.cell_flops_pair(empty, empty)):
         assert not fig.data and fig.layout.annotations
+
+
+@pytest.mark.skipif(not (ASSETS / "drnet" / ood.CALIBRATION).is_file(), reason="needs the shipped, calibrated models")
+def test_a_non_garment_gets_i_dont_know_with_the_closest_class(entry: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRNETS_MODELS_DIR", str(ASSETS))
+    _, smiley = render_nongarment("smiley", np.random.default_rng([0, 4]))
+    at = AppTest.from_file(str(entry), default_timeout=TIMEOUT).run()
+    at.file_uploader(key="compare_b_upload").set_value(("smiley.png", smiley, "image/png")).run()
+    assert not at.exception, [e.message for e in at.exception]
+    says = [m for m in at.metric if m.label == "DRNet says"]
+    assert [m.value for m in says] == ["Sneaker", ood.UNKNOWN_ANSWER]
+    assert says[1].delta.startswith("closest: ")
+    answers = table(at, "B says")
+    assert answers["B says"].iat[0].startswith(f"{ood.UNKNOWN_ANSWER}; closest: ")
+    assert not answers["A says"].iat[0].startswith(ood.UNKNOWN_ANSWER)

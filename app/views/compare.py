@@ -7,13 +7,14 @@ import pandas as pd
 import streamlit as st
 
 from app import state, ui
-from app.analysis import Analysis, ImageSource, analyse
+from app.analysis import Analysis, ImageSource, ModelRun, analyse
 from app.costs import dense_cell_flops
 from app.figures import compare
 from app.figures.common import FLOPS_UNIT, branch_label, cell_label, edge_label
 from app.models import LABELS, ModelSet, load_models
 from app.picker import UPLOAD_TYPES
 from app.samples import list_samples, sample_title
+from drnets.ood import UNKNOWN_ANSWER
 from drnets.upload import UploadError
 
 SIDES = ("A", "B")
@@ -105,16 +106,22 @@ def side_ui(side: str, default: str | None, models: ModelSet, settings: state.Se
     picture.image(ui.pixelated(a.prepared.seen), width=IMAGE_PX)
     with verdict:
         drnet = a.runs["drnet"]
-        ui.verdict(LABELS["drnet"], answer(drnet.pred, drnet.in_distribution, models), drnet.confidence)
+        closest = models.class_names[drnet.pred]
+        if drnet.in_distribution is False:
+            ui.unknown_verdict(LABELS["drnet"], closest)
+        else:
+            ui.verdict(LABELS["drnet"], closest, drnet.confidence)
     st.caption(f"{ui.md(source.name)}: the 28×28 input the models saw.")
     if a.prepared.unsure:
         st.warning(f"Not sure where the garment is: {a.prepared.unsure}.", icon=":material/help:")
     return a
 
 
-def answer(pred: int, in_distribution: bool | None, models: ModelSet) -> str:
-    """The class, or that the image is unlike the training data (the calibration's verdict)."""
-    return models.class_names[pred] if in_distribution is not False else "Not one of its classes"
+def answer(run: ModelRun, models: ModelSet) -> str:
+    """'Class (probability)', or, for an image unlike the training data (the calibration's verdict),
+    that the model does not know and what came closest."""
+    closest = f"{models.class_names[run.pred]} ({run.confidence:.0%})"
+    return closest if run.in_distribution is not False else f"{UNKNOWN_ANSWER}; closest: {closest}"
 
 
 def routes_ui(a: Analysis, b: Analysis, threshold: float) -> None:
@@ -193,7 +200,7 @@ def answers_ui(a: Analysis, b: Analysis, models: ModelSet) -> None:
     for name in a.runs:
         row: dict[str, object] = {"model": LABELS[name]}
         for side, run in zip(SIDES, (a.runs[name], b.runs[name]), strict=True):
-            row[f"{side} says"] = f"{answer(run.pred, run.in_distribution, models)} ({run.confidence:.0%})"
+            row[f"{side} says"] = answer(run, models)
         row["FLOPs A"], row["FLOPs B"] = a.runs[name].flops, b.runs[name].flops
         rows.append(row)
     st.dataframe(

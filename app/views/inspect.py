@@ -167,9 +167,8 @@ def image_ui(a: Analysis, models: ModelSet) -> dict[str, FigureBuilder]:
 def verdict_ui(name: str, run: ModelRun, models: ModelSet) -> None:
     """The answer in large type, or, for an image unlike the training data, that message instead."""
     if run.in_distribution is False:
-        st.metric(
-            f"{LABELS[name]} says", "Not one of its classes", f"closest: {models.class_names[run.pred]}",
-            delta_color="off", delta_arrow="off",
+        ui.unknown_verdict(
+            LABELS[name], models.class_names[run.pred],
             help=f"Out-of-distribution score {run.ood_score:.2f}, above the threshold fitted on Fashion-MNIST "
             "test images: no class stands out in the logits (energy), or the features lie far from every "
             "class (Mahalanobis distance).",
