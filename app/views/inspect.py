@@ -20,7 +20,7 @@ from app.figures.common import FLOPS_UNIT
 from app.figures.network import network_diagram
 from app.models import LABELS, ModelSet, load_models
 from app.timing import server_timing
-from drnets.ood import NOT_GARMENT
+from drnets.ood import NOT_GARMENT, UNKNOWN_ANSWER
 from drnets.upload import UploadError
 
 FigureBuilder = Callable[[], go.Figure]  # figures are built when drawn or downloaded, not on every run
@@ -102,7 +102,7 @@ def summary_ui(analyses: list[Analysis], models: ModelSet) -> None:
     rows = []
     for a in analyses:
         drnet = a.runs["drnet"]
-        says = models.class_names[drnet.pred] if drnet.in_distribution is not False else "not one of its classes"
+        says = models.class_names[drnet.pred] if drnet.in_distribution is not False else UNKNOWN_ANSWER
         row = {"image": a.source.name, "DRNet says": says, "confidence": drnet.confidence}
         row[FLOPS_UNIT] = drnet.flops
         if "dense" in a.runs:
