@@ -18,7 +18,7 @@ from drnets.data import ImageSet
 from drnets.losses import outlier_loss, training_loss
 from drnets.model import MobileNetV2, MobileNetV2Config
 from drnets.nongarments import KINDS, read_kinds, write_nongarments
-from drnets.photo_pool import CACHE, OUTLIER, mixed, prepared_outliers, prepared_pool
+from drnets.photo_pool import CACHE, OUTLIER, code_digest, mixed, prepared_outliers, prepared_pool
 from drnets.train import TrainConfig, make_batch
 from drnets.upload import prepare_upload
 
@@ -63,6 +63,14 @@ def test_a_cache_made_by_other_preparation_code_is_prepared_again(pool: Path) ->
         files = stored["files"]
     np.savez(cache, seen=np.zeros_like(expected.numpy()), files=files, preparation=np.asarray("older code"))
     assert torch.equal(prepared_pool([str(pool)], (1, 28, 28), CLASSES).images, expected)
+
+
+def test_the_cache_key_follows_the_code_not_its_comments_or_docstrings() -> None:
+    source = 'def f(x):\n    """Why."""\n    return x + 1  # one more\n'
+    reworded = 'def f(x):\n    """Why, said otherwise."""\n    return x + 1\n'
+    changed = 'def f(x):\n    """Why."""\n    return x + 2\n'
+    assert code_digest([source]) == code_digest([reworded]) != code_digest([changed])
+    assert code_digest(['"""Module."""\n']) == code_digest([""])
 
 
 def test_non_garments_are_prepared_as_uploads_are_and_labelled_outliers(outliers: Path) -> None:
