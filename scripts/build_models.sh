@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Rebuild the shipped models in assets/models/ from scratch: train (same recipe for all three),
 # give the DRNet budget-conditioned sigmoid routers in a second stage, show the DRNet and
-# MobileNetV2 prepared phone photos in a third, add generated non-garments for all three in a fourth, evaluate on the full Fashion-MNIST test set,
+# MobileNetV2 prepared phone photos in a third, add generated non-garments for all three in a fourth,
+# distil MobileNetV2's answers into the DRNet in a fifth, evaluate on the full Fashion-MNIST test set,
 # calibrate, and export the sample images.
 # Usage: scripts/build_models.sh [EPOCHS] [ROUTER_EPOCHS]   (the shipped models: 2 and 3; docs/MODELS.md)
 set -euo pipefail
@@ -57,7 +58,12 @@ done_epochs mobilenetv2-open 2 || $PY -m drnets train --model mobilenetv2 --mode
   --out runs/mobilenetv2-open --no-progress
 done_epochs dense-open 1 || $PY -m drnets train --model dense --model-config "${CONFIG[dense]}" --init-from runs/dense/model \
   "${POOL[@]}" "${OUTLIERS[@]}" --batch-size 128 --seed 0 --out runs/dense-open --no-progress
-declare -A RUN=([drnet]=drnet-open [dense]=dense-open [mobilenetv2]=mobilenetv2-open)
+# Stage 5: the DRNet learns photos from MobileNetV2's answers too (--teacher: knowledge distillation,
+# half the labelled images' loss, temperature 2), two more epochs of photos and outliers.
+done_epochs drnet-distil 2 || $PY -m drnets train --model drnet --model-config "$ROUTED" --init-from runs/drnet-open/model \
+  --teacher runs/mobilenetv2-open/model "${POOL[@]}" "${OUTLIERS[@]}" --epochs 2 "${BUDGETED[@]}" --batch-size 128 --seed 0 \
+  --out runs/drnet-distil --no-progress
+declare -A RUN=([drnet]=drnet-distil [dense]=dense-open [mobilenetv2]=mobilenetv2-open)
 for m in drnet dense mobilenetv2; do
   mkdir -p "assets/models/$m"
   cp "runs/${RUN[$m]}/model/model.safetensors" "runs/${RUN[$m]}/model/config.json" "assets/models/$m/"
