@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -214,8 +215,15 @@ def test_inspect_page_says_when_an_upload_is_not_a_garment(tmp_path, monkeypatch
     monkeypatch.setenv("DRNETS_MODELS_DIR", str(models))
     _, smiley = render_nongarment("smiley", np.random.default_rng([0, 4]))
     at = AppTest.from_file(str(Path(__file__).parents[1] / "app" / "main.py"), default_timeout=300).run()
-    at.file_uploader(key=state.UPLOADS).set_value([("smiley.png", smiley, "image/png")]).run()
+    sneaker = (Path(__file__).parents[1] / "assets" / "samples" / "sneaker_0.png").read_bytes()
+    at.file_uploader(key=state.UPLOADS).set_value(
+        [("smiley.png", smiley, "image/png"), ("sneaker.png", sneaker, "image/png")]
+    ).run()
     assert not at.exception, [e.message for e in at.exception]
+    summary = next(d.value for d in at.dataframe if "DRNet says" in d.value.columns).set_index("image")
+    assert summary.at["smiley.png", "DRNet says"] == ood.UNKNOWN_ANSWER
+    assert pd.isna(summary.at["smiley.png", "confidence"]), "no sureness beside I don't know"
+    assert summary.at["sneaker.png", "DRNet says"] == "Sneaker" and summary.at["sneaker.png", "confidence"] > 0.5
     says = {m.label: m.value for m in at.metric if m.label.endswith(" says")}
     assert says["DRNet says"] == ood.UNKNOWN_ANSWER, says
     assert says["Dense supernet says"] != ood.UNKNOWN_ANSWER  # its calibration file is unusable: no verdict

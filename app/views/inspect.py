@@ -102,8 +102,10 @@ def summary_ui(analyses: list[Analysis], models: ModelSet) -> None:
     rows = []
     for a in analyses:
         drnet = a.runs["drnet"]
-        says = models.class_names[drnet.pred] if drnet.in_distribution is not False else UNKNOWN_ANSWER
-        row = {"image": a.source.name, "DRNet says": says, "confidence": drnet.confidence}
+        known = drnet.in_distribution is not False
+        says = models.class_names[drnet.pred] if known else UNKNOWN_ANSWER
+        # No confidence beside "I don't know": the closest class's probability would read as sureness.
+        row = {"image": a.source.name, "DRNet says": says, "confidence": drnet.confidence if known else None}
         row[FLOPS_UNIT] = drnet.flops
         if "dense" in a.runs:
             row["vs dense"] = drnet.flops / a.runs["dense"].flops
