@@ -96,8 +96,8 @@ class TrainConfig:
     # classifier; its routers, which the checkpoint lacks, start fresh.
     init_from: str | None = None
     # Knowledge distillation (Hinton et al. 2015): a trained checkpoint on the same data whose answers,
-    # softened by teacher_temperature, make up teacher_weight of the loss on labelled images. A small
-    # DRNet learns photos from MobileNetV2's answers better than from labels alone (docs/MODELS.md).
+    # softened by teacher_temperature, make up teacher_weight of the loss on labelled images: the
+    # shipped DRNet's last stage learns from MobileNetV2, which reads photos better (docs/MODELS.md).
     teacher: str | None = None
     teacher_weight: float = 0.5
     teacher_temperature: float = 2.0
