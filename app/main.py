@@ -34,3 +34,4 @@ with ui.one_run_at_a_time():
     page.run()
 # What the server spent on this run, for operators and bench/classroom.py (the browser's share is not in it).
 ui.log.info("page %r ran in %.0f ms", page.title, (time.perf_counter() - started) * 1e3)
+ui.draw_held_charts()

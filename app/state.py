@@ -30,6 +30,8 @@ BUDGET = "budget"  # only for a DRNet with budget-conditioned routers
 SLOW_ATTRIBUTIONS = "slow_attributions"  # digests of images for which the user asked for IG and occlusion
 UPLOADED = "uploaded"  # the uploader's files as ImageSources, kept while a page without the uploader shows
 PHOTO = "photo"  # the camera's last photo as an ImageSource, or None
+CHARTS_READY = "charts_ready"  # False until the session's first run has shown its answers (app.ui.chart)
+CHARTS_WAITING = "charts_waiting"  # a chart of this run was held back for the next one
 # Widgets on some pages only; Streamlit forgets a widget's value on a run that does not draw it.
 PAGE_WIDGETS = (SAMPLE, CAMERA_ON, FOCUS)
 
@@ -39,6 +41,7 @@ def init() -> None:
     st.session_state.setdefault(SLOW_ATTRIBUTIONS, set())
     st.session_state.setdefault(UPLOADED, [])
     st.session_state.setdefault(PHOTO, None)
+    st.session_state.setdefault(CHARTS_READY, False)
     for key in PAGE_WIDGETS:
         if key in st.session_state:
             st.session_state[key] = st.session_state[key]

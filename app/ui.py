@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from streamlit.logger import get_logger
 
+from app import state
 from app.models import ModelSet
 from drnets.ood import UNKNOWN_ANSWER
 
@@ -107,5 +108,24 @@ def top_predictions(probs: np.ndarray, class_names: list[str], k: int = 3) -> No
 
 
 def chart(fig: go.Figure, key: str) -> None:
-    """A Plotly chart; its toolbar's camera icon saves a PNG in the browser."""
+    """A Plotly chart; its toolbar's camera icon saves a PNG in the browser.
+
+    A session's first run shows a placeholder instead, and ``draw_held_charts`` runs the page again
+    at once with the charts: Plotly's script (4.7 MB) takes a browser on a busy laptop 1.5-2 s to
+    load, and the first answer should not wait for it (docs/BENCHMARKS.md, "Classroom").
+    """
+    if not st.session_state.get(state.CHARTS_READY, True):
+        st.session_state[state.CHARTS_WAITING] = True
+        st.caption("Drawing the chart…")
+        return
     st.plotly_chart(fig, key=key, config={"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}})
+
+
+def draw_held_charts() -> None:
+    """End of a session's first run: from now on charts are drawn, and this run's held-back ones
+    come in a second run right away."""
+    if st.session_state.get(state.CHARTS_READY, True):
+        return
+    st.session_state[state.CHARTS_READY] = True
+    if st.session_state.pop(state.CHARTS_WAITING, False):
+        st.rerun()

@@ -54,7 +54,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
     from .data import DATASETS
-    from .train import AUGMENTATIONS, COST_SCALINGS, DIFFICULTY_RANKINGS, LAYOUTS, TrainConfig
+    from .train import AUGMENTATIONS, COST_SCALINGS, DIFFICULTY_RANKINGS, EXECUTIONS, LAYOUTS, TrainConfig
 
     p = sub.add_parser("train", help="train a model and write a checkpoint folder")
     d = TrainConfig()
@@ -124,6 +124,10 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                    help="CUDA: force cuDNN's convolutions on or off (default: off for a routed DRNet only)")  # fmt: skip
     g.add_argument("--layout", choices=LAYOUTS, default=d.layout,
                    help="CUDA: memory format (default: channels_last with cuDNN, else nchw)")  # fmt: skip
+    g.add_argument("--execution", choices=EXECUTIONS, default=d.execution,
+                   help="routed DRNets: run each branch on the samples that kept it (sparse), or every branch on "
+                        "every sample times its mask (masked: fixed shapes, cuDNN on a GPU; batch norm sees the "
+                        "whole batch)")  # fmt: skip
     p.set_defaults(func=cmd_train)
 
 

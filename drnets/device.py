@@ -22,14 +22,16 @@ def describe(device: torch.device) -> str:
     return f"CPU ({n} thread{'' if n == 1 else 's'})"
 
 
-def cudnn_suits_training(model: nn.Module, device: torch.device) -> bool:
+def cudnn_suits_training(model: nn.Module, device: torch.device, execution: str = "sparse") -> bool:
     """Whether cuDNN should run this model's convolutions in training (``--cudnn`` left unset).
 
-    Not for a routed DRNet on a GPU: routing hands each branch a new sub-batch size in nearly
-    every step, and cuDNN builds an execution plan per new shape, seconds per step on an H100
-    (docs/BENCHMARKS.md "GPU path"). Fixed-shape models (the dense supernet, MobileNetV2) keep it.
+    Not for a routed DRNet run sparse on a GPU: routing hands each branch a new sub-batch size in
+    nearly every step, and cuDNN builds an execution plan per new shape, seconds per step on an H100
+    (docs/BENCHMARKS.md "GPU path"). Fixed shapes keep it: the dense supernet, MobileNetV2, and a
+    DRNet trained with ``execution="masked"``.
     """
-    return not (device.type == "cuda" and getattr(getattr(model, "config", None), "dynamic", False))
+    dynamic = getattr(getattr(model, "config", None), "dynamic", False)
+    return not (device.type == "cuda" and dynamic and execution == "sparse")
 
 
 @contextlib.contextmanager

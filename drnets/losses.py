@@ -148,7 +148,7 @@ def budget_step(
     largest = None
     for budget in step_budgets(cfg):
         with autocast():
-            logits, trace = net(x, replace(policy, budget=budget))
+            logits, trace = net(x, replace(policy, budget=budget), execution=cfg.execution)
             inplace = largest[0] if largest is not None else None
             loss, ce = budget_loss(net, logits, trace, y, budget, inplace, cfg, ramp, *size, teacher_logits)
         scale(loss).backward()

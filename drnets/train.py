@@ -49,6 +49,7 @@ COST_SCALINGS = ("uniform", "confidence", "rank")
 DIFFICULTY_RANKINGS = ("image", "class")  # what difficulty_loss ranks: each image, or each image's class
 AUGMENTATIONS = ("crop-flip", "photo")  # photo = crop-flip, then drnets.augment.photo_augment
 LAYOUTS = ("channels_last", "nchw")  # memory formats a GPU may train in (bench/ takes the same --layout)
+EXECUTIONS = ("sparse", "masked")  # how a routed DRNet runs its branches in training (TrainConfig.execution)
 
 
 @dataclass(frozen=True)
@@ -120,12 +121,19 @@ class TrainConfig:
     # CUDA only: "channels_last" (NHWC) or "nchw" maps and weights; None follows the convolutions:
     # NHWC for cuDNN, NCHW for PyTorch's own kernels, which take NCHW only. The CPU trains NCHW.
     layout: str | None = None
+    # Routed DRNets: "sparse" runs each branch on the samples that kept it; "masked" runs every branch
+    # on every sample times its mask (the same forward, batch norm aside: a branch's statistics come from
+    # the whole batch). Masked keeps every convolution's shape fixed, so a GPU can train with cuDNN,
+    # whose execution plans are built once per shape (drnets.device.cudnn_suits_training).
+    execution: str = "sparse"
 
     def __post_init__(self) -> None:
         if self.cost_scaling not in COST_SCALINGS:
             raise ValueError(f"cost_scaling must be one of {', '.join(COST_SCALINGS)}, got {self.cost_scaling!r}")
         if self.augment not in AUGMENTATIONS:
             raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
+        if self.execution not in EXECUTIONS:
+            raise ValueError(f"execution must be one of {', '.join(EXECUTIONS)}, got {self.execution!r}")
         if self.layout is not None and self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if self.difficulty_by not in DIFFICULTY_RANKINGS:
@@ -384,7 +392,9 @@ def fit(
     mean, std = normalization(cfg.data, channels)
     model = build_model(cfg, data).to(ctx.device)
     teacher = load_teacher(cfg.teacher, data.class_names, mean, std, ctx.device) if cfg.teacher else None
-    torch.backends.cudnn.enabled = cfg.cudnn if cfg.cudnn is not None else cudnn_suits_training(model, ctx.device)
+    torch.backends.cudnn.enabled = (
+        cfg.cudnn if cfg.cudnn is not None else cudnn_suits_training(model, ctx.device, cfg.execution)
+    )
     nhwc = ctx.device.type == "cuda" and (cfg.layout == "channels_last" if cfg.layout else torch.backends.cudnn.enabled)
     if nhwc:
         model = model.to(memory_format=torch.channels_last)
@@ -444,7 +454,7 @@ def fit(
                 logits, trace, ce = budget_step(net, x, y, policy, cfg, ramp, scaler.scale, autocast, (h, w), soft)
             else:
                 with autocast():
-                    logits, trace = net(x, policy)
+                    logits, trace = net(x, policy, execution=cfg.execution) if routed else net(x, policy)
                     loss, ce = training_loss(net, logits, trace, y, cfg, h, w, soft)
                 scaler.scale(loss).backward()
             scaler.step(optimizer)

@@ -1,120 +1,95 @@
 #!/usr/bin/env bash
-# One lent-GPU session's work, in one device call that ends by DEADLINE seconds:
+# One lent-GPU session's work, in one device call that ends by DEADLINE seconds: more epochs of
+# photos and outliers for the shipped models (docs/MODELS.md, "Trained on a GPU"), then GPU
+# inference benchmarks of the shipped models.
 #
-#   1. time training steps of the three models at batch 256 and profile the DRNet's, run the CUDA tests;
-#   2. train the three shipped models side by side for as many epochs as fit (skipped when the DRNet
-#      step is too slow). `drnets train` leaves cuDNN off for the routed DRNet only, which the first
-#      H100 session found spending seconds per step building cuDNN plans (docs/BENCHMARKS.md "GPU path");
-#   3. benchmark on the GPU: inference (latency, masked, app path, threshold sweep) and training
-#      throughput, with the new models when step 2 ran (copied over assets/models/ of this checkout).
+# Each model trains as a chain of one-epoch runs, each starting from the last one that finished
+# (the first from assets/models/), so whatever the machine's speed, every finished run has had its
+# whole one-cycle schedule; a run that cannot finish before the deadline is not started. The DRNet
+# trains two ways at once: `--execution masked` (fixed shapes, so cuDNN) and sparse without cuDNN
+# (drnets.device.cudnn_suits_training), which no GPU has timed on the current code; the dense
+# supernet with and without MobileNetV2 as teacher. Each run's command is in runs-gpu/CHAIN-N/args.json.
 #
-# The number of epochs is the one thing training chooses: a probe times every model (all three at
-# once, as they will run), then as many epochs as fit in the time left for the slowest, capped at
-# MAX_EPOCHS. Every model gets the same epochs and recipe; each run's command is in runs-gpu/M/args.json.
-#
-# Env:   DEADLINE (s, default 530), MAX_EPOCHS (30), DATA_ROOT (Fashion-MNIST idx folder), LIMIT (train
-#        on the first N images; smoke runs only), OUT (where results go), DIAG_TIMEOUT (s, 60),
-#        MAX_STEP_MS (slowest DRNet step worth training, 1500), PY.
-# Lent machines here lack captum and the data: keep them in git-ignored folders of the checkout
-# (`pip download captum==0.9.0 --no-deps -d .whl`, `cp -r /usr/share/datasets/fashion-mnist .devdata/`),
-# carry both, and run: python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
-#   export PYTHONPATH=/tmp/site; mkdir -p /usr/share/datasets && cp -r .devdata/fashion-mnist /usr/share/datasets/ &&
-#   OUT=$OUT scripts/gpu_build.sh
-# Leaves: $OUT/log.txt, $OUT/train-steps.json and $OUT/breakdown-train.txt (step 1), $OUT/models.tar
-#         (runs-gpu/M/{model/,log.csv,args.json}), $OUT/bench-gpu.json, $OUT/train-gpu.json
+# Env:   DEADLINE (s, default 560), BENCH_RESERVE (s kept for the benchmarks, 75), POOLS (folder of the
+#        photo pools and outliers, default runs), OUT (where results go), LIMIT (train on the first N
+#        images; smoke runs only), PY.
+# Lent machines here lack captum, the data and the pools: keep them in git-ignored folders of the
+# checkout and carry them (`pip download captum==0.9.0 --no-deps -d .whl`,
+# `cp -r /usr/share/datasets/fashion-mnist .devdata/`, and each pool folder's labels.csv or
+# kinds.csv with its prepared-*.npz in .devpools/), then run:
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site;
+#   mkdir -p /usr/share/datasets && cp -r .devdata/fashion-mnist /usr/share/datasets/ &&
+#   POOLS=.devpools OUT=$OUT scripts/gpu_build.sh
+# Leaves: $OUT/log.txt, $OUT/models-{drnet,dense,mobilenetv2}.tar (every chain's last finished run:
+#         model/, log.csv, args.json; every run's output), $OUT/bench-gpu.json
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 OUT=${OUT:-runs-gpu/out}
-DEADLINE=${DEADLINE:-530}
-MAX_EPOCHS=${MAX_EPOCHS:-30}
-DATA=(--data fashion-mnist ${DATA_ROOT:+--data-root "$DATA_ROOT"})
-LIMIT_ARGS=(${LIMIT:+--limit "$LIMIT"})
-PROBE_IMAGES=${PROBE_IMAGES:-5120}
-BENCH_RESERVE=${BENCH_RESERVE:-150}  # seconds kept for step 3
+DEADLINE=${DEADLINE:-560}
+TRAIN_END=$((DEADLINE - ${BENCH_RESERVE:-75}))
+POOLS=${POOLS:-runs}
 RUNS=runs-gpu
-MODELS=(drnet dense mobilenetv2)
-# The retrain recipe (docs/MODELS.md, "Routing that routes"): a DRNet with cell-reading routers,
-# independent sigmoid gates and a budget chosen at inference, trained with the sandwich rule; photo
-# augmentation for all three. The routing flags act on the DRNet only; a GPU affords batch 256.
-declare -A CONFIG=([drnet]='{"channels":12,"num_nodes":3,"router_input":"cell","gate":"sigmoid","open_bias":2.0,"budgeted":true,"budget":0.15,"threshold":0.5}'
-                   [dense]='{"channels":12,"num_nodes":3}' [mobilenetv2]='{}')
-RECIPE=(--batch-size 256 --lr 3e-3 --augment photo --cost-weight 5 --difficulty-spread 0.5 --cost-warmup 0.3
-        --budget-min 0.03 --budget-max 0.6 --tau-start 1.0 --tau-end 1.0 --threshold 0.5 --seed 0)
 mkdir -p "$OUT" "$RUNS"
 exec > >(tee -a "$OUT/log.txt") 2>&1
-export OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1
 
-echo "== machine"; date -u; nvidia-smi -L 2>/dev/null
-$PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "cudnn", torch.backends.cudnn.version())'
+# The recipe of stages 4 and 5 in scripts/build_models.sh, with a third photo pool and photos at
+# 0.4 of the set; batch 256 on the GPU.
+ROUTED='{"channels":12,"num_nodes":2,"router_input":"cell","router_grid":2,"router_relu":true,"gate":"sigmoid","open_bias":2.0,"budgeted":true,"budget":0.15,"threshold":0.5}'
+BUDGETED=(--cost-weight 5 --difficulty-spread 0.5 --cost-warmup 0.1 --budget-min 0.03 --budget-max 0.6 --no-sandwich
+          --tau-start 1 --tau-end 1 --threshold 0.5)
+PHOTOS=(--photo-pool "$POOLS/photo-pool-1" --photo-pool "$POOLS/photo-pool-2" --photo-pool "$POOLS/photo-pool-3"
+        --photo-share 0.4 --augment photo --outlier-pool "$POOLS/outliers-1" --outlier-pool "$POOLS/outliers-2"
+        --outlier-share 0.1 --outlier-weight 0.5 --epochs 1 --lr 1e-3 --seed 0 --no-progress
+        --data fashion-mnist ${LIMIT:+--limit "$LIMIT"})
+TEACHER=(--teacher assets/models/mobilenetv2)
 
-echo "== 1. training steps at batch 256 (cuDNN off for the DRNet only: drnets.device.cudnn_suits_training)"
-timeout "${DIAG_TIMEOUT:-60}" $PY -m bench.train_throughput --batch 256 --layout nchw --warmup 2 --repeats 5 --json > "$OUT/train-steps.json"
-echo "   exit $?: $($PY -c 'import json, sys; print({r["model"]: round(r["ms_per_step"]) for r in json.load(open(sys.argv[1]))["rows"]}, "ms/step")' "$OUT/train-steps.json" 2>&1 | tail -n 1)"
-STEP_MS=$($PY -c 'import json, sys; print(round(json.load(open(sys.argv[1]))["rows"][0]["ms_per_step"]))' "$OUT/train-steps.json" 2>/dev/null || echo 1000000000)
-timeout 50 $PY -m bench.breakdown --train --batches 256 --layout nchw --rows 12 > "$OUT/breakdown-train.txt" 2>&1
-echo "   breakdown --train exit $?:"; grep -A 16 -- "-- drnet" "$OUT/breakdown-train.txt" | cut -c1-150
-echo "== the CUDA tests"
-timeout 45 $PY -m pytest -q -p no:cacheprovider tests/test_model.py -k cuda 2>&1 | tail -n 3
+echo "== machine"; date -u; nvidia-smi -L 2>/dev/null; nproc
+$PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'
 
-train() {  # train MODEL EPOCHS OUTDIR SECONDS [extra args]; stopped after SECONDS (its last finished epoch stays)
-  local m=$1 epochs=$2 dir=$3 seconds=$4; shift 4
-  timeout "$seconds" $PY -m drnets train --model "$m" --model-config "${CONFIG[$m]}" --epochs "$epochs" "${RECIPE[@]}" \
-      "${DATA[@]}" --out "$dir" --no-progress "$@" > "$dir.out" 2>&1
-  echo "   $m ($epochs epochs) exit $?: $(tail -n 1 "$dir.out" | cut -c1-300)"
+chain() {  # chain NAME MODEL [train args]: one-epoch runs from assets/models/MODEL until TRAIN_END
+  local name=$1 model=$2 from="assets/models/$2" n=1 took=0; shift 2
+  while :; do
+    local left=$((TRAIN_END - SECONDS)) dir="$RUNS/$name-$n" started=$SECONDS
+    if [ "$left" -lt $((took * 11 / 10)) ] || [ "$left" -lt 20 ]; then
+      echo "   $name: stops after $((n - 1)) runs ($left s left, the last took $took s)"; return
+    fi
+    timeout "$left" $PY -m drnets train --model "$model" --init-from "$from" "$@" --out "$dir" > "$dir.out" 2>&1
+    local rc=$?
+    took=$((SECONDS - started))
+    echo "   $name-$n exit $rc after $took s: $(tail -n 1 "$dir.out" | cut -c1-200)"
+    [ "$rc" = 0 ] || return
+    from="$dir/model" n=$((n + 1))
+  done
 }
 
-TRAINED=0
-if [ "$STEP_MS" -gt "${MAX_STEP_MS:-1500}" ]; then
-  echo "== 2. no training: a DRNet step takes ${STEP_MS} ms"
-else
-  echo "== 2. probe: 2 epochs of $PROBE_IMAGES images per model, all at once (the 2nd is timed: no warm-up in it)"
-  pids=()  # waited for by pid: a bare `wait` would also wait for the log's tee
-  for m in "${MODELS[@]}"; do train "$m" 2 "$RUNS/probe-$m" 120 --limit "$PROBE_IMAGES" & pids+=($!); done
-  wait "${pids[@]}"
-  BUDGET=$((DEADLINE - SECONDS - BENCH_RESERVE))
-  EPOCHS=$($PY - "$RUNS" "$PROBE_IMAGES" "${LIMIT:-60000}" "$BUDGET" "$MAX_EPOCHS" "${MODELS[@]}" <<'EOF'
-import csv, sys
-runs, probe, images, budget, cap = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
-models = sys.argv[6:]
-times = []
-for m in models:
-    try:
-        rows = list(csv.DictReader(open(f"{runs}/probe-{m}/log.csv")))
-        times.append(float(rows[-1]["seconds"]) * images / probe)
-        print(f"   {m}: {times[-1]:.1f} s per {images}-image epoch", file=sys.stderr)
-    except (OSError, KeyError, IndexError) as err:
-        print(f"   {m}: probe failed ({err})", file=sys.stderr)
-        times.append(float("inf"))
-# 15 s per run for start-up and data loading, 10% slack per epoch
-print(min(cap, int((budget - 15) / (1.1 * max(times)))) if times and max(times) < float("inf") else 0)
-EOF
-)
-  echo "   ${BUDGET} s left for training -> $EPOCHS epochs"
-  if [ "$EPOCHS" -ge 1 ]; then
-    echo "== 2. train: $EPOCHS epochs each, all at once"
-    pids=()
-    for m in "${MODELS[@]}"; do train "$m" "$EPOCHS" "$RUNS/$m" "$BUDGET" "${LIMIT_ARGS[@]}" & pids+=($!); done
-    wait "${pids[@]}"
-    tar -cf "$OUT/models.tar" "$RUNS"/{drnet,dense,mobilenetv2}/{model,log.csv,args.json} "$RUNS"/*.out 2>/dev/null
-    echo "   wrote $OUT/models.tar"
-    TRAINED=1
-    for m in "${MODELS[@]}"; do
-      epochs_done=$($PY -c 'import json, sys; print(json.load(open(sys.argv[1]))["training"]["epochs_done"])' "$RUNS/$m/model/config.json" 2>/dev/null)
-      [ "$epochs_done" = "$EPOCHS" ] || TRAINED=0
-    done
-  fi
-fi
+echo "== the CUDA tests (beside the training)"
+(timeout 90 $PY -m pytest -q -p no:cacheprovider tests/test_model.py -k cuda 2>&1 | tail -n 3 | sed 's/^/   cuda tests: /') &
+echo "== training until $TRAIN_END s (now $SECONDS s)"
+pids=()
+OMP_NUM_THREADS=2 chain drnet-masked drnet --model-config "$ROUTED" "${TEACHER[@]}" "${PHOTOS[@]}" "${BUDGETED[@]}" \
+  --batch-size 256 --execution masked & pids+=($!)
+OMP_NUM_THREADS=2 chain drnet drnet --model-config "$ROUTED" "${TEACHER[@]}" "${PHOTOS[@]}" "${BUDGETED[@]}" \
+  --batch-size 256 & pids+=($!)
+OMP_NUM_THREADS=2 chain dense dense --model-config '{"channels":12,"num_nodes":2}' "${PHOTOS[@]}" --batch-size 256 & pids+=($!)
+OMP_NUM_THREADS=2 chain dense-kd dense --model-config '{"channels":12,"num_nodes":2}' "${TEACHER[@]}" "${PHOTOS[@]}" \
+  --batch-size 256 & pids+=($!)
+OMP_NUM_THREADS=2 chain mobilenetv2 mobilenetv2 --model-config '{}' "${PHOTOS[@]}" --batch-size 256 & pids+=($!)
+wait "${pids[@]}"
 
-if [ "$TRAINED" = 1 ]; then
-  echo "== 3. GPU benchmarks of the new models"
-  for m in "${MODELS[@]}"; do cp "$RUNS/$m/model/"* "assets/models/$m/"; done
-else
-  echo "== 3. GPU benchmarks of the shipped models (training did not finish for all three)"
-fi
-left() { local s=$((DEADLINE - SECONDS - $1)); echo $((s > 20 ? s : 20)); }  # seconds for a step, at least 20
-timeout "$(left 40)" $PY -m bench --json --only latency,masked,app,sweep > "$OUT/bench-gpu.json"
+for model in drnet dense mobilenetv2; do  # each chain's last finished run, and every run's output
+  finished=()
+  for chain_name in $(ls "$RUNS" | sed -n "s/^\($model[a-z-]*\)-[0-9]*\.out$/\1/p" | sort -u); do
+    last=$(ls -d "$RUNS/$chain_name"-[0-9]* 2>/dev/null | grep -v '\.out$' | sort -V | while read -r d; do
+      [ -f "$d/model/model.safetensors" ] && echo "$d"; done | tail -n 1)
+    [ -n "$last" ] && finished+=("$last/model" "$last/log.csv" "$last/args.json")
+  done
+  tar -cf "$OUT/models-$model.tar" "${finished[@]}" "$RUNS/$model"*.out 2>/dev/null
+  echo "   models-$model.tar: ${finished[*]:-nothing finished}"
+done
+
+echo "== GPU benchmarks of the shipped models (now $SECONDS s)"
+timeout $((DEADLINE - SECONDS > 20 ? DEADLINE - SECONDS : 20)) $PY -m bench --json --only latency,app > "$OUT/bench-gpu.json"
 echo "   bench exit $?"
-timeout "$(left 0)" $PY -m bench.train_throughput --batch 256 --layout nchw --json > "$OUT/train-gpu.json"
-echo "   train_throughput exit $?"
 date -u

@@ -87,6 +87,36 @@ def test_every_page_runs_on_the_default_sample(models_dir: Path) -> None:
     assert_clean(at)
 
 
+def _page_with_a_chart() -> None:
+    import plotly.graph_objects as go
+    import streamlit as st
+
+    from app import state, ui
+
+    state.init()
+    st.session_state.setdefault("charts_ready_per_run", []).append(st.session_state[state.CHARTS_READY])
+    st.metric("answer", "Sneaker")
+    ui.chart(go.Figure(go.Bar(y=[1, 2])), key="chart")
+    ui.draw_held_charts()
+
+
+def test_the_first_run_answers_before_its_charts_come_in_a_second_run() -> None:
+    """A session's first run holds its Plotly charts back, then runs again with them (AppTest's run()
+    includes that second run); later runs draw them at once, without a second run."""
+    at = AppTest.from_function(_page_with_a_chart).run()
+    assert_clean(at)
+    assert at.session_state["charts_ready_per_run"] == [False, True]
+    assert len(at.get("plotly_chart")) == 1 and not any("Drawing the chart" in c.value for c in at.caption)
+    at.run()
+    assert at.session_state["charts_ready_per_run"] == [False, True, True]
+    assert len(at.get("plotly_chart")) == 1
+
+
+def test_the_apps_first_run_ends_with_its_charts_drawn(models_dir: Path) -> None:
+    at = new_app().run()
+    assert at.get("plotly_chart") and not any("Drawing the chart" in c.value for c in at.caption)
+
+
 def test_teaching_mode_walks_through_every_step(models_dir: Path) -> None:
     at = new_app()
     at.switch_page("views/teaching.py").run()

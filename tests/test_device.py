@@ -51,6 +51,7 @@ def test_cudnn_trains_every_model_but_a_routed_drnet_on_a_gpu(tiny_model, name: 
     model = tiny_model(name)
     assert cudnn_suits_training(model, torch.device("cpu"))
     assert cudnn_suits_training(model, torch.device("cuda")) is on_gpu
+    assert cudnn_suits_training(model, torch.device("cuda"), execution="masked"), "masked training keeps shapes fixed"
 
 
 def test_cudnn_switch_holds_for_the_block_only() -> None:

@@ -295,6 +295,17 @@ def test_a_budgeted_drnet_trains_through_the_cli(data_root: Path, tmp_path: Path
     assert model.config.budgeted and model.cells[0].router.budget_scale is not None
 
 
+def test_masked_execution_trains_a_budgeted_drnet_with_whole_batch_statistics(data_root: Path, tmp_path: Path) -> None:
+    """--execution masked reaches every forward: same seed and data, but every branch's batch norm
+    sees the whole batch, so the weights differ from a sparse run's; the choice is in args.json."""
+    config = json.dumps({**json.loads(TINY_DRNET), "router_input": "cell", "gate": "sigmoid", "budgeted": True})
+    flags = ("--model-config", config, "--threshold", "0.5", "--epochs", "1", "--limit", "48", "--no-sandwich")
+    sparse = _train(data_root, tmp_path / "sparse", *flags)
+    masked = _train(data_root, tmp_path / "masked", *flags, "--execution", "masked")
+    assert masked["train_loss"] == masked["train_loss"] and masked["weights_sha256"] != sparse["weights_sha256"]
+    assert json.loads((tmp_path / "masked" / "args.json").read_text())["execution"] == "masked"
+
+
 def test_distillation_pulls_the_answers_towards_the_teachers() -> None:
     """label_loss mixes the cross-entropy with the teacher's softened answers; an answer equal to the
     teacher's costs (1 - w) x the cross-entropy only, and the gradient moves a student towards it."""
