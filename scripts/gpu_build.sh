@@ -5,7 +5,8 @@
 #
 # Each model trains as a chain of one-epoch runs, each starting from the last one that finished
 # (the first from assets/models/), so whatever the machine's speed, every finished run has had its
-# whole one-cycle schedule; a run that cannot finish before the deadline is not started. The DRNet
+# whole one-cycle schedule; a run that cannot finish before the deadline is not started. Run N has
+# seed N: each run its own sample order and augmentations. The DRNet
 # trains two ways at once: `--execution masked` (fixed shapes, so cuDNN) and sparse without cuDNN
 # (drnets.device.cudnn_suits_training), which no GPU has timed on the current code; the dense
 # supernet with and without MobileNetV2 as teacher. Each run's command is in runs-gpu/CHAIN-N/args.json.
@@ -41,7 +42,7 @@ BUDGETED=(--cost-weight 5 --difficulty-spread 0.5 --cost-warmup 0.1 --budget-min
           --tau-start 1 --tau-end 1 --threshold 0.5)
 PHOTOS=(--photo-pool "$POOLS/photo-pool-1" --photo-pool "$POOLS/photo-pool-2" --photo-pool "$POOLS/photo-pool-3"
         --photo-share 0.4 --augment photo --outlier-pool "$POOLS/outliers-1" --outlier-pool "$POOLS/outliers-2"
-        --outlier-share 0.1 --outlier-weight 0.5 --epochs 1 --lr 1e-3 --seed 0 --no-progress
+        --outlier-share 0.1 --outlier-weight 0.5 --epochs 1 --lr 1e-3 --no-progress
         --data fashion-mnist ${LIMIT:+--limit "$LIMIT"})
 TEACHER=(--teacher assets/models/mobilenetv2)
 
@@ -55,7 +56,7 @@ chain() {  # chain NAME MODEL [train args]: one-epoch runs from assets/models/MO
     if [ "$left" -lt $((took * 11 / 10)) ] || [ "$left" -lt 20 ]; then
       echo "   $name: stops after $((n - 1)) runs ($left s left, the last took $took s)"; return
     fi
-    timeout "$left" $PY -m drnets train --model "$model" --init-from "$from" "$@" --out "$dir" > "$dir.out" 2>&1
+    timeout "$left" $PY -m drnets train --model "$model" --init-from "$from" "$@" --seed "$n" --out "$dir" > "$dir.out" 2>&1
     local rc=$?
     took=$((SECONDS - started))
     echo "   $name-$n exit $rc after $took s: $(tail -n 1 "$dir.out" | cut -c1-200)"
