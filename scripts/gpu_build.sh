@@ -20,7 +20,10 @@
 # kinds.csv with its prepared-*.npz in .devpools/), then run:
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site;
 #   mkdir -p /usr/share/datasets && cp -r .devdata/fashion-mnist /usr/share/datasets/ &&
-#   POOLS=.devpools OUT=$OUT scripts/gpu_build.sh
+#   POOLS=.devpools REKEY=1 OUT=$OUT scripts/gpu_build.sh
+# REKEY=1 stamps the carried caches with this machine's preparation digest: it hashes the upload
+# code's syntax tree, whose dump differs between Python versions (3.11 here, 3.12 there) for the same
+# code; carry caches prepared by this checkout only.
 # Leaves: $OUT/log.txt, $OUT/models-{drnet,dense,mobilenetv2}.tar (every chain's last finished run:
 #         model/, log.csv, args.json; every run's output), $OUT/bench-gpu.json
 set -uo pipefail
@@ -64,6 +67,18 @@ chain() {  # chain NAME MODEL [train args]: one-epoch runs from assets/models/MO
     from="$dir/model" n=$((n + 1))
   done
 }
+
+if [ "${REKEY:-0}" = 1 ]; then
+  $PY - "$POOLS"/*/prepared-*.npz <<'EOF'
+import sys
+import numpy as np
+from drnets.photo_pool import preparation_digest
+for path in sys.argv[1:]:
+    stored = dict(np.load(path))
+    np.savez(path, **{**stored, "preparation": np.asarray(preparation_digest())})
+    print("   re-keyed", path)
+EOF
+fi
 
 echo "== the CUDA tests (beside the training)"
 (timeout 90 $PY -m pytest -q -p no:cacheprovider tests/test_model.py -k cuda 2>&1 | tail -n 3 | sed 's/^/   cuda tests: /') &
