@@ -2,7 +2,8 @@
 # Rebuild the shipped models in assets/models/ from scratch: train (same recipe for all three),
 # give the DRNet budget-conditioned sigmoid routers in a second stage, show the DRNet and
 # MobileNetV2 prepared phone photos in a third, add generated non-garments for all three in a fourth,
-# distil MobileNetV2's answers into the DRNet in a fifth, evaluate on the full Fashion-MNIST test set,
+# distil MobileNetV2's answers into the DRNet in a fifth, train all three longer on a GPU in a sixth
+# (a third pool, photos at 0.4 of the set), evaluate on the full Fashion-MNIST test set,
 # calibrate, and export the sample images.
 # Usage: scripts/build_models.sh [EPOCHS] [ROUTER_EPOCHS]   (the shipped models: 2 and 3; docs/MODELS.md)
 set -euo pipefail
@@ -63,7 +64,31 @@ done_epochs dense-open 1 || $PY -m drnets train --model dense --model-config "${
 done_epochs drnet-distil 2 || $PY -m drnets train --model drnet --model-config "$ROUTED" --init-from runs/drnet-open/model \
   --teacher runs/mobilenetv2-open/model "${POOL[@]}" "${OUTLIERS[@]}" --epochs 2 "${BUDGETED[@]}" --batch-size 128 --seed 0 \
   --out runs/drnet-distil --no-progress
-declare -A RUN=([drnet]=drnet-distil [dense]=dense-open [mobilenetv2]=mobilenetv2-open)
+# Stage 6 (run on a lent GPU by scripts/gpu_build.sh, which times it; here it takes many hours): a third
+# pool (seed 1003), photos at 0.4 of the set, batch 256, chains of one-epoch runs, run N with seed N.
+# MobileNetV2 eight runs; the dense supernet three, with MobileNetV2 (stage 4) as teacher; the DRNet two
+# with `--execution masked` and the same teacher, then a third with photos at half the set and the
+# stage-6 MobileNetV2 as teacher.
+[ -f runs/photo-pool-3/labels.csv ] || $PY -m drnets photos --split train --out runs/photo-pool-3 --n 2000 --seed 1003
+POOL6=(--photo-pool runs/photo-pool-1 --photo-pool runs/photo-pool-2 --photo-pool runs/photo-pool-3 --augment photo
+       --epochs 1 --lr 1e-3 --batch-size 256 --no-progress)
+chain() {  # chain NAME MODEL FROM RUNS [train args]: runs/NAME-1 .. runs/NAME-RUNS, each from the one before
+  local name=$1 model=$2 from=$3 runs=$4; shift 4
+  for n in $(seq 1 "$runs"); do
+    done_epochs "$name-$n" 1 || $PY -m drnets train --model "$model" --init-from "$from" "$@" --seed "$n" --out "runs/$name-$n"
+    from="runs/$name-$n/model"
+  done
+}
+chain mobilenetv2-gpu mobilenetv2 runs/mobilenetv2-open/model 8 --model-config '{}' "${POOL6[@]}" --photo-share 0.4 \
+  "${OUTLIERS[@]}"
+chain dense-gpu dense runs/dense-open/model 3 --model-config "${CONFIG[dense]}" --teacher runs/mobilenetv2-open/model \
+  "${POOL6[@]}" --photo-share 0.4 "${OUTLIERS[@]}"
+chain drnet-gpu drnet runs/drnet-distil/model 2 --model-config "$ROUTED" --teacher runs/mobilenetv2-open/model \
+  "${POOL6[@]}" --photo-share 0.4 "${OUTLIERS[@]}" "${BUDGETED[@]}" --execution masked
+done_epochs drnet-gpu-3 1 || $PY -m drnets train --model drnet --model-config "$ROUTED" --init-from runs/drnet-gpu-2/model \
+  --teacher runs/mobilenetv2-gpu-8/model "${POOL6[@]}" --photo-share 0.5 "${OUTLIERS[@]}" "${BUDGETED[@]}" \
+  --execution masked --seed 3 --out runs/drnet-gpu-3
+declare -A RUN=([drnet]=drnet-gpu-3 [dense]=dense-gpu-3 [mobilenetv2]=mobilenetv2-gpu-8)
 for m in drnet dense mobilenetv2; do
   mkdir -p "assets/models/$m"
   cp "runs/${RUN[$m]}/model/model.safetensors" "runs/${RUN[$m]}/model/config.json" "assets/models/$m/"
