@@ -89,13 +89,13 @@ SHOWN_JS = """(() => {
   window.__drnetsShownAt = null;
   const observer = new MutationObserver(() => {
     const metrics = document.querySelectorAll('[data-testid="stMetric"]');
-    if ([...metrics].some(m => m.textContent.includes(%s))) {
+    if ([...metrics].some(m => m.textContent.includes(ANSWER_TEXT))) {
       window.__drnetsShownAt = Date.now();
       observer.disconnect();
     }
   });
   observer.observe(document, {subtree: true, childList: true, characterData: true});
-})();""" %% json.dumps(ANSWER)
+})();""".replace("ANSWER_TEXT", json.dumps(ANSWER))
 # Installed in a page just before its upload: stores Date.now() when the page is first answered, so
 # N pages can be read one after another without the reading order adding to their times.
 WATCH_JS = f"""([kind, text]) => {{
@@ -683,8 +683,12 @@ def show(report: dict[str, Any]) -> None:
     if "first_page" in report:
         first = report["first_page"]
         print('\n== first page (the answer: "DRNet FLOPs" shown; complete: charts drawn, script idle)')
-        print(f"  health check OK -> first visit answered   {_s(first['first_s'])}   complete {_s(first.get('first_complete_s'))}")
-        print(f"  second visit, new context                 {_s(first['second_s'])}   complete {_s(first.get('second_complete_s'))}")
+        print(
+            f"  health check OK -> first visit answered   {_s(first['first_s'])}   complete {_s(first.get('first_complete_s'))}"
+        )
+        print(
+            f"  second visit, new context                 {_s(first['second_s'])}   complete {_s(first.get('second_complete_s'))}"
+        )
     if "page_switch" in report:
         switch = report["page_switch"]
         print("\n== page switch (click the link -> title shown, script idle)")
