@@ -75,7 +75,7 @@ class ProtocolStudent:
         return run
 
     def rerun(self, message: BackMsg) -> Run:
-        """Send a rerun and read until the script finishes."""
+        """Send a rerun and read until the script finishes, through any reruns it asks for itself."""
         message.rerun_script.query_string = ""
         started = time.perf_counter()
         self.ws.send(message.SerializeToString())
@@ -88,8 +88,8 @@ class ProtocolStudent:
                 self.session_id = reply.new_session.initialize.session_id
             elif kind == "delta" and reply.delta.WhichOneof("type") == "new_element":
                 self._read(reply.delta.new_element, run)
-            elif kind == "script_finished":
-                break
+            elif kind == "script_finished" and reply.script_finished != ForwardMsg.FINISHED_EARLY_FOR_RERUN:
+                break  # a run that ends in st.rerun (a session's first, app.ui.draw_held_charts) goes on
         run.seconds = time.perf_counter() - started
         self.uploader_id = run.uploader_id or self.uploader_id
         return run
