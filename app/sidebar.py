@@ -19,6 +19,9 @@ MAX_THRESHOLD = 0.5  # above this almost every edge would be skipped
 BUDGET_RANGE = (min(SWEEP_BUDGETS), max(SWEEP_BUDGETS))  # the budgets drnets eval sweeps
 TOP_K_CHOICES = [None, 1, 2, 3]
 MODELS_FOLDER = "models_folder"  # widget key: the label of one of app.models.model_folders()
+# Set when a sent folder was refused: the notice shows in the next run too, which for a session's first
+# run comes at once (app.ui.draw_held_charts) and would otherwise take the notice away.
+FOLDER_REFUSED = "models_folder_refused"
 
 
 def render() -> None:
@@ -87,6 +90,7 @@ def models_ui() -> ModelSet:
     # stale label) is replaced by the default before the widget is drawn.
     sent = st.session_state.get(MODELS_FOLDER, default)
     refused = not _offered(sent, folders)
+    refused_before = st.session_state.pop(FOLDER_REFUSED, False)
     if refused or MODELS_FOLDER not in st.session_state:
         st.session_state[MODELS_FOLDER] = default
     notice = st.empty()  # above the expander, which starts collapsed
@@ -107,6 +111,8 @@ def models_ui() -> ModelSet:
         for name, problem in models.problems.items():
             st.caption(f"✗ {name}: {problem}")
     if refused:
+        st.session_state[FOLDER_REFUSED] = True
+    if refused or refused_before:
         notice.warning(f"That model folder is not one this server offers; showing “{default}” instead.")
     st.caption(f"Device: {models.device_text}")
     return models
