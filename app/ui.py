@@ -112,7 +112,7 @@ def chart(fig: go.Figure, key: str) -> None:
 
     A session's first run shows a placeholder instead, and ``draw_held_charts`` runs the page again
     at once with the charts: Plotly's script (4.7 MB) takes a browser on a busy laptop 1.5-2 s to
-    load, and the first answer should not wait for it (docs/BENCHMARKS.md, "Classroom").
+    load, and the first answer should not wait for it (docs/BENCHMARKS.md, section 7).
     """
     if not st.session_state.get(state.CHARTS_READY, True):
         st.session_state[state.CHARTS_WAITING] = True
