@@ -122,8 +122,8 @@ def chart(fig: go.Figure, key: str) -> None:
 
 
 def draw_held_charts() -> None:
-    """End of a session's first run: from now on charts are drawn, and this run's held-back ones
-    come in a second run right away."""
+    """End of a session's first run: charts are drawn in every later run, and this run's held-back
+    ones come in a second run right away."""
     if st.session_state.get(state.CHARTS_READY, True):
         return
     st.session_state[state.CHARTS_READY] = True

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One lent-GPU session's work, in one device call that ends by DEADLINE seconds: more epochs of
+# A lent GPU's work, in one device call that ends by DEADLINE seconds: more epochs of
 # photos and outliers for the shipped models (docs/MODELS.md, "Trained on a GPU"), then GPU
 # inference benchmarks of the shipped models.
 #
