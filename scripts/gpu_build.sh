@@ -64,6 +64,7 @@ chain() {  # chain NAME MODEL [train args]: one-epoch runs from assets/models/MO
     took=$((SECONDS - started))
     echo "   $name-$n exit $rc after $took s: $(tail -n 1 "$dir.out" | cut -c1-200)"
     [ "$rc" = 0 ] || return
+    echo "$dir" > "$RUNS/$name.last"  # the chain's last finished run, for the tar below
     from="$dir/model" n=$((n + 1))
   done
 }
@@ -96,11 +97,7 @@ wait "${pids[@]}"
 
 for model in drnet dense mobilenetv2; do  # each chain's last finished run, and every run's output
   finished=()
-  for chain_name in $(ls "$RUNS" | sed -n "s/^\($model[a-z-]*\)-[0-9]*\.out$/\1/p" | sort -u); do
-    last=$(ls -d "$RUNS/$chain_name"-[0-9]* 2>/dev/null | grep -v '\.out$' | sort -V | while read -r d; do
-      [ -f "$d/model/model.safetensors" ] && echo "$d"; done | tail -n 1)
-    [ -n "$last" ] && finished+=("$last/model" "$last/log.csv" "$last/args.json")
-  done
+  for last in $(cat "$RUNS/$model"*.last 2>/dev/null); do finished+=("$last/model" "$last/log.csv" "$last/args.json"); done
   tar -cf "$OUT/models-$model.tar" "${finished[@]}" "$RUNS/$model"*.out 2>/dev/null
   echo "   models-$model.tar: ${finished[*]:-nothing finished}"
 done
