@@ -224,6 +224,8 @@ def test_inspect_page_says_when_an_upload_is_not_a_garment(tmp_path, monkeypatch
     assert summary.at["smiley.png", "DRNet says"] == ood.UNKNOWN_ANSWER
     assert pd.isna(summary.at["smiley.png", "confidence"]), "no sureness beside I don't know"
     assert summary.at["sneaker.png", "DRNet says"] == "Sneaker" and summary.at["sneaker.png", "confidence"] > 0.5
+    assert summary.at["smiley.png", "MobileNetV2 says"] == ood.UNKNOWN_ANSWER, "each model's own verdict"
+    assert summary.at["sneaker.png", "MobileNetV2 says"] == "Sneaker"
     says = {m.label: m.value for m in at.metric if m.label.endswith(" says")}
     assert says["DRNet says"] == ood.UNKNOWN_ANSWER, says
     assert says["Dense supernet says"] != ood.UNKNOWN_ANSWER  # its calibration file is unusable: no verdict

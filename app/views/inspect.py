@@ -99,18 +99,20 @@ def analyses_ui(models: ModelSet, settings: state.Settings) -> list[Analysis]:
 
 
 def summary_ui(analyses: list[Analysis], models: ModelSet) -> None:
+    def says(run: ModelRun) -> str:
+        return models.class_names[run.pred] if run.in_distribution is not False else UNKNOWN_ANSWER
+
     rows = []
     for a in analyses:
         drnet = a.runs["drnet"]
-        known = drnet.in_distribution is not False
-        says = models.class_names[drnet.pred] if known else UNKNOWN_ANSWER
         # No confidence beside "I don't know": the closest class's probability would read as sureness.
-        row = {"image": a.source.name, "DRNet says": says, "confidence": drnet.confidence if known else None}
+        confidence = drnet.confidence if drnet.in_distribution is not False else None
+        row = {"image": a.source.name, "DRNet says": says(drnet), "confidence": confidence}
         row[FLOPS_UNIT] = drnet.flops
         if "dense" in a.runs:
             row["vs dense"] = drnet.flops / a.runs["dense"].flops
         if "mobilenetv2" in a.runs:
-            row["MobileNetV2 says"] = models.class_names[a.runs["mobilenetv2"].pred]
+            row["MobileNetV2 says"] = says(a.runs["mobilenetv2"])
         rows.append(row)
     st.dataframe(
         pd.DataFrame(rows),
