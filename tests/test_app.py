@@ -154,6 +154,19 @@ def test_upload_of_a_photo_and_a_broken_file(models_dir: Path) -> None:
     assert "shirt.jpg" not in [s.value for s in at.subheader]
 
 
+def test_a_photo_without_a_clear_object_is_said_once(models_dir: Path) -> None:
+    """The warning says the whole frame was used; the preprocessing caption below does not say it again."""
+    from drnets.nongarments import render_nongarment
+
+    _, selfie = render_nongarment("selfie", np.random.default_rng(5))
+    at = new_app().run()
+    at.file_uploader(key=state.UPLOADS).set_value([("selfie.jpg", selfie, "image/jpeg")]).run()
+    assert not at.exception
+    warnings = [w.value for w in at.warning if "Not sure where the garment is" in w.value]
+    assert len(warnings) == 1, [w.value for w in at.warning]
+    assert texts(at).count("no clear object found") == 0 and warnings[0].count("no clear object found") == 1
+
+
 def test_camera_photo_gets_the_answer_and_cost_of_the_same_file_uploaded(models_dir: Path) -> None:
     photo = appkit.garment_photo(seed=3)
     uploaded = new_app().run()

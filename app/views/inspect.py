@@ -146,13 +146,14 @@ def image_ui(a: Analysis, models: ModelSet) -> dict[str, FigureBuilder]:
                 "background; a photo with the garment filling more of a plainer surface works better.",
                 icon=":material/help:",
             )
-        if prepared.notes:
+        notes = [note for note in prepared.notes if note != prepared.unsure]  # the warning above says it
+        if notes:
             found = (
                 " *Found*: the object, background dimmed, the crop outlined; *input*: the 28×28 image the models saw."
                 if prepared.object_view is not None
                 else ""
             )
-            st.caption("Preprocessing: " + "; ".join(prepared.notes) + "." + found)
+            st.caption("Preprocessing: " + "; ".join(notes) + "." + found)
     figs = {}
     with right:
         columns = st.columns(len(a.runs))
