@@ -35,6 +35,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from .argtypes import positive_int
+from .ood import SCORES, SUMMED
 from .photos import make_background
 
 TRAINING_KINDS = ("noise", "flat", "shapes", "text", "smiley", "texture", "desk")
@@ -280,13 +281,17 @@ def evaluate_ood(
     photos: Path | str | None = None,
     data_root: str | None = None,
     progress: Callable[[str], None] | None = None,
+    score: str | None = None,
+    photo_pools: tuple[str, ...] = (),
 ) -> dict:
     """Per checkpoint folder under ``models``: the share of non-garments, of held-out Fashion-MNIST test
     images and of garment photos flagged, the AUROC (non-garments vs held-out test images), and the
     held-out ECE before and after temperature scaling.
 
     Uploads are scored as the app and the CLI score them: after ``prepare_upload``. A folder without
-    calibration.json is calibrated in memory (``"calibration": "fitted now"``), nothing is written.
+    calibration.json, or every folder when ``score`` names one of ``drnets.ood.SCORES``, is calibrated in memory
+    (``"calibration": "fitted now"``, with ``photo_pools`` as ``drnets calibrate --photo-pool``), nothing is
+    written: that is how the scores are compared.
     """
     from . import ood
     from .checkpoint import load_checkpoint
@@ -315,15 +320,19 @@ def evaluate_ood(
             ph = torch.cat([prepare_upload(p.read_bytes(), *key).tensor for p in photo_files]) if photo_files else None
             prepared[key] = (ng, ph)
         ng, ph = prepared[key]
-        calibration, source = ood.load_calibration(checkpoint), "calibration.json"
+        calibration, source = (None, "") if score else (ood.load_calibration(checkpoint), "calibration.json")
         if calibration is None:
-            calibration, source = ood.calibrate(checkpoint, data_root), "fitted now"
+            calibration, source = (
+                ood.calibrate(checkpoint, data_root, score=score or SUMMED, photo_pools=photo_pools),
+                "fitted now",
+            )
         policy = policy_with(checkpoint.model)
         logits, feats = ood.logits_and_features(checkpoint.model, to_input(test.images[held], *key[1:]), policy)
         test_scores = calibration.ood_scores(feats.numpy(), logits)
         ng_scores = _scores(calibration, checkpoint.model, ng, policy)
         row = {
             "calibration": source,
+            "score": calibration.score,
             "temperature": calibration.temperature,
             "threshold": calibration.threshold,
             "flagged_nongarments": float(np.mean(~calibration.in_distribution(ng_scores))),
@@ -365,7 +374,7 @@ def format_ood_report(result: dict) -> str:
         lines.append(
             f"{name:<12} {r['flagged_nongarments']:>9.1%} {r['flagged_test']:>8.1%} {photos:>7} {r['auroc']:>6.3f} "
             f"{r['ece_before']:>10.4f} {r['ece_after']:>7.4f} {r['temperature']:>6.3f}"
-            + ("" if r["calibration"] == "calibration.json" else "  (calibration fitted now, not saved)")
+            + ("" if r["calibration"] == "calibration.json" else f"  ({r['score']} score fitted now, not saved)")
         )
     lines.append("flagged = share judged not like the training data; columns 2-4 are shares of each set")
     for name, r in result["models"].items():
@@ -389,6 +398,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nongarments", type=Path, required=True, help="a folder written by `drnets nongarments`")
     p.add_argument("--photos", type=Path, default=None, help="a folder written by `drnets photos` (optional)")
     p.add_argument("--data-root", default=None, help="Fashion-MNIST folder (default: the Debian files)")
+    p.add_argument("--score", choices=SCORES, default=None,
+                   help="fit every model's detector in memory with this score instead of reading calibration.json")  # fmt: skip
+    p.add_argument("--photo-pool", action="append", default=[], metavar="FOLDER",
+                   help="with --score: training photos whose features join the fit, as `drnets calibrate --photo-pool`")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_ood_eval)
 
@@ -408,6 +421,10 @@ def _cmd_nongarments(args: argparse.Namespace) -> int:
 
 
 def _cmd_ood_eval(args: argparse.Namespace) -> int:
-    result = evaluate_ood(args.models, args.nongarments, args.photos, args.data_root)
+    if args.photo_pool and not args.score:
+        raise ValueError("--photo-pool only acts on a fit made now; give --score as well")
+    result = evaluate_ood(
+        args.models, args.nongarments, args.photos, args.data_root, score=args.score, photo_pools=tuple(args.photo_pool)
+    )
     print(json.dumps(result, indent=2) if args.json else format_ood_report(result))
     return 0

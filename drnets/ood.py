@@ -5,18 +5,20 @@ Two things are fitted per checkpoint and stored beside it as ``calibration.json`
 - **Temperature scaling** (Guo et al. 2017): probabilities are ``softmax(logits / T)`` with one T
   fitted by minimising the negative log-likelihood on held-out images. Logits, the predicted class,
   accuracy and FLOPs do not change; only how sure the probabilities say the model is.
-- **An out-of-distribution score**: the larger of two, each scaled so that 0 is the median and 1
-  the 95th percentile of held-out Fashion-MNIST images: the **energy** of the logits (Liu et al.
-  2020, ``-logsumexp(logits)``), which outlier exposure in training (``drnets train --outlier-pool``)
+- **An out-of-distribution score** built from two, each scaled so that 0 is the median and 1 the
+  95th percentile of held-out Fashion-MNIST images: the **energy** of the logits (Liu et al. 2020,
+  ``-logsumexp(logits)``), which outlier exposure in training (``drnets train --outlier-pool``)
   drives up on things that are not garments, and the **Mahalanobis distance** (Lee et al. 2018) of
   the image's pooled late features (``pooled_features``) to the nearest class mean, under one
-  covariance shared by the classes, both fitted on training images, which needs no such training.
+  covariance shared by the classes, fitted on training images (and the training photos the model
+  learnt from, ``photo_pools``), which needs no such training.
+  ``SUMMED`` (the default) adds the two: an image is flagged when both are raised, or one is far
+  out; ``LARGER`` takes the larger, so either alone flags it; ``MAHALANOBIS`` is the distance alone.
   An image is flagged when its score exceeds the threshold that flags ``FLAG_RATE`` of the held-out
   in-distribution images. Measured on drawings, text, noise, bare surfaces, desks, screenshots and
-  selfies after the upload preprocessing (``drnets.nongarments``, docs/MODELS.md): with outlier
-  exposure the energy alone flags nearly all of them but also more garment photos; the distance
-  alone misses text and shapes; the larger of the two keeps both rates in bounds.
-  ``score="mahalanobis"`` (files written before the combination) is the distance alone.
+  selfies after the upload preprocessing (``drnets ood-eval --score``, docs/MODELS.md): the sum
+  flags as many non-garments as the larger of the two and fewer garment photos, because a photo
+  rarely raises both while a non-garment mostly does.
 
 The shipped models were trained on all 60k training images, so the held-out images are the 10k
 test images, split in two halves by a fixed seed: T and the threshold are fitted on the
@@ -46,8 +48,9 @@ from .router import RoutingPolicy
 
 CALIBRATION = "calibration.json"
 FORMAT, VERSION = "drnets-calibration", 1
-MAHALANOBIS, ENERGY, COMBINED = "mahalanobis", "energy", "mahalanobis+energy"
-SCORES = (MAHALANOBIS, COMBINED)
+MAHALANOBIS, ENERGY = "mahalanobis", "energy"
+LARGER, SUMMED = "mahalanobis+energy", "sum(mahalanobis,energy)"  # the two ways of combining them
+SCORES = (SUMMED, LARGER, MAHALANOBIS)
 FLAG_RATE = 0.03  # share of in-distribution calibration images the threshold flags
 ECE_BINS = 15
 SPLIT_SEED = 0
@@ -74,9 +77,9 @@ class Calibration:
         threshold: a score above it means "not like the training data".
         center, projection: features are mapped to ``(f - center) @ projection`` ([D, k]; identity when
             None) before the distance; means [classes, k] and precision [k, k] live in that space.
-        score: ``COMBINED`` or ``MAHALANOBIS`` (the distance alone).
-        scales: for ``COMBINED``, the (median, 95th percentile) of the distance and of the energy on
-            the calibration images, which map each onto a common scale.
+        score: ``SUMMED``, ``LARGER`` or ``MAHALANOBIS`` (the distance alone).
+        scales: for ``SUMMED`` and ``LARGER``, the (median, 95th percentile) of the distance and of the
+            energy on the calibration images, which map each onto a common scale.
         fit: how it was fitted (images, seed, flag rate, routing threshold) and what it measured.
     """
 
@@ -102,7 +105,8 @@ class Calibration:
             return distance
         if logits is None:
             raise CalibrationError(f"the {self.score} score needs the logits as well as the features")
-        return np.maximum(self._scaled(MAHALANOBIS, distance), self._scaled(ENERGY, energy(logits)))
+        both = self._scaled(MAHALANOBIS, distance), self._scaled(ENERGY, energy(logits))
+        return np.add(*both) if self.score == SUMMED else np.maximum(*both)
 
     def _scaled(self, name: str, values: np.ndarray) -> np.ndarray:
         median, high = self.scales[name]
@@ -299,19 +303,31 @@ def calibrate(
     train_images: int = TRAIN_IMAGES,
     seed: int = SPLIT_SEED,
     flag_rate: float = FLAG_RATE,
-    score: str = COMBINED,
+    score: str = SUMMED,
+    photo_pools: tuple[str, ...] = (),
 ) -> Calibration:
-    """Fit T and the detector on Fashion-MNIST (the shipped models' data) at the model's own routing policy."""
+    """Fit T and the detector on Fashion-MNIST (the shipped models' data) at the model's own routing policy.
+
+    ``photo_pools``: folders of training photos (``drnets photos --split train``) the model was trained
+    on; their features join the training images' in the class means and covariance, so that a garment
+    photographed the way the model learnt does not count as far from its class.
+    """
     from .data import load_dataset, to_input
+    from .photo_pool import prepared_pool
     from .predict import preprocessing
 
-    _, mean, std = preprocessing(checkpoint)
+    input_size, mean, std = preprocessing(checkpoint)
     policy = policy_with(checkpoint.model)
     train = load_dataset("fashion-mnist", "train", data_root)
     picked = torch.from_numpy(np.sort(np.random.default_rng(seed).choice(len(train.labels), train_images, False)))
-    _, train_feats = logits_and_features(checkpoint.model, to_input(train.images[picked], mean, std), policy)
-    train_labels = train.labels[picked].numpy()
-    means, precision, center, projection = fit_gaussian(train_feats.numpy(), train_labels, len(checkpoint.class_names))
+    images, labels = train.images[picked], train.labels[picked]
+    if photo_pools:
+        pool = prepared_pool(list(photo_pools), input_size, checkpoint.class_names)
+        images, labels = torch.cat([images, pool.images]), torch.cat([labels, pool.labels])
+    _, train_feats = logits_and_features(checkpoint.model, to_input(images, mean, std), policy)
+    means, precision, center, projection = fit_gaussian(
+        train_feats.numpy(), labels.numpy(), len(checkpoint.class_names)
+    )
     test = load_dataset("fashion-mnist", "test", data_root)
     logits, feats = logits_and_features(checkpoint.model, to_input(test.images, mean, std), policy)
     cal, held = split_halves(len(test.labels), seed)
@@ -319,7 +335,7 @@ def calibrate(
     result = Calibration(
         checkpoint.name, weights_digest(checkpoint), temperature, 0.0, means, precision, center, projection, score
     )
-    if score == COMBINED:
+    if score != MAHALANOBIS:
         result.scales = {
             MAHALANOBIS: score_scale(result.distances(feats[cal].numpy())),
             ENERGY: score_scale(energy(logits[cal])),
@@ -330,6 +346,8 @@ def calibrate(
     result.fit = {
         "data": "fashion-mnist",
         "train_images": train_images,
+        "photo_pools": [str(folder) for folder in photo_pools],
+        "pool_images": len(images) - train_images,
         "calibration_images": len(cal),
         "held_out_images": len(held),
         "seed": seed,
@@ -424,7 +442,7 @@ def _from_dict(data: dict[str, Any]) -> Calibration:
     if score not in SCORES:
         raise ValueError(f"unknown score {score!r}")
     scales = {}
-    if score == COMBINED:
+    if score != MAHALANOBIS:
         scales = {name: tuple(float(v) for v in data["scales"][name]) for name in (MAHALANOBIS, ENERGY)}
         if any(len(pair) != 2 or not pair[1] > pair[0] for pair in scales.values()):
             raise ValueError("scales must be (median, 95th percentile) pairs, the second above the first")
@@ -453,7 +471,9 @@ def judge(
 def cmd_calibrate(args: argparse.Namespace) -> int:
     checkpoint = load_checkpoint(args.checkpoint)
     torch.manual_seed(0)
-    calibration = calibrate(checkpoint, args.data_root, args.train_images, args.seed, args.flag_rate, args.score)
+    calibration = calibrate(
+        checkpoint, args.data_root, args.train_images, args.seed, args.flag_rate, args.score, tuple(args.photo_pool)
+    )
     path = save_calibration(calibration, checkpoint.path)
     held = calibration.fit["held_out"]
     print(
@@ -469,13 +489,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "calibrate",
         help="fit temperature scaling and the out-of-distribution threshold; write calibration.json",
         description="Fit T on half of the Fashion-MNIST test set (fixed seed), the class means and covariance "
-        "on training images, and the threshold that flags --flag-rate of that half; report on the other half.",
+        "on training images (and training photos, --photo-pool), and the threshold that flags --flag-rate of that half; report on the other half.",
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint folder; calibration.json is written there")
     p.add_argument("--data-root", default=None, help="Fashion-MNIST folder (default: the Debian files)")
     p.add_argument("--train-images", type=int, default=TRAIN_IMAGES, help="training images for the class means")
+    p.add_argument("--photo-pool", action="append", default=[], metavar="FOLDER",
+                   help="training photos (`drnets photos --split train`) whose features join the class means; repeatable")  # fmt: skip
     p.add_argument("--seed", type=int, default=SPLIT_SEED, help="seed of the test split and the training sample")
     p.add_argument("--flag-rate", type=float, default=FLAG_RATE, help="share of in-distribution images flagged")
-    p.add_argument("--score", choices=SCORES, default=COMBINED,
-                   help="out-of-distribution score: the larger of distance and energy (default), or the distance alone")  # fmt: skip
+    p.add_argument("--score", choices=SCORES, default=SUMMED,
+                   help="out-of-distribution score: the sum of the scaled distance and energy (default), "
+                   "the larger of the two, or the distance alone")  # fmt: skip
     p.set_defaults(func=cmd_calibrate)

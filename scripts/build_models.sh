@@ -93,6 +93,7 @@ for m in drnet dense mobilenetv2; do
   mkdir -p "assets/models/$m"
   cp "runs/${RUN[$m]}/model/model.safetensors" "runs/${RUN[$m]}/model/config.json" "assets/models/$m/"
   $PY -m drnets eval --checkpoint "assets/models/$m" --data fashion-mnist --split test --out "assets/models/$m" --json > /dev/null
-  $PY -m drnets calibrate --checkpoint "assets/models/$m" > /dev/null
+  $PY -m drnets calibrate --checkpoint "assets/models/$m" --photo-pool runs/photo-pool-1 --photo-pool runs/photo-pool-2 \
+    --photo-pool runs/photo-pool-3 > /dev/null
 done
 $PY -m drnets export-samples --out assets/samples --per-class 3

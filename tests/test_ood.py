@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from drnets import ood
+from drnets import ood, photos
 from drnets.checkpoint import load_checkpoint, save_checkpoint
 from drnets.cli import main
 from drnets.data import FASHION_MNIST_CLASSES, load_dataset
@@ -21,6 +21,7 @@ from drnets.nongarments import (
     HELD_OUT_KINDS,
     KINDS,
     TRAINING_KINDS,
+    evaluate_ood,
     format_ood_report,
     read_kinds,
     render_nongarment,
@@ -73,27 +74,50 @@ def test_mahalanobis_flags_points_far_from_every_class() -> None:
     assert calibration.in_distribution(calibration.ood_scores(centres)).all()
 
 
-def test_the_combined_score_flags_what_either_part_flags() -> None:
-    """Features near a class but logits with no class standing out, or the reverse: both flagged."""
+def _two_part_calibration(score: str) -> tuple[ood.Calibration, np.ndarray, torch.Tensor, np.ndarray]:
+    """A detector on 3 classes of 4-D features with confident logits, fitted with ``score``."""
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 3, 600)
     centres = np.array([[0.0] * 4, [5.0] * 4, [-5.0, 5.0, -5.0, 5.0]])
     feats = centres[labels] + rng.normal(0, 1, (600, 4))
     logits = torch.nn.functional.one_hot(torch.as_tensor(labels), 3).float() * 8 + torch.randn(600, 3) * 0.3
-    calibration = ood.Calibration("x", "", 1.0, 0.0, *ood.fit_gaussian(feats, labels, 3), score=ood.COMBINED)
+    calibration = ood.Calibration("x", "", 1.0, 0.0, *ood.fit_gaussian(feats, labels, 3), score=score)
     calibration.scales = {
         ood.MAHALANOBIS: ood.score_scale(calibration.distances(feats)),
-        "energy": ood.score_scale(ood.energy(logits)),
+        ood.ENERGY: ood.score_scale(ood.energy(logits)),
     }
     calibration.threshold = ood.threshold_for(calibration.ood_scores(feats, logits), 0.05)
+    return calibration, feats, logits, centres
+
+
+@pytest.mark.parametrize("score", [ood.LARGER, ood.SUMMED])
+def test_a_two_part_score_flags_what_either_part_flags_far_out(score) -> None:
+    """Features near a class but logits with no class standing out, or the reverse: both flagged."""
+    calibration, feats, logits, centres = _two_part_calibration(score)
+    confident = torch.tensor([[8.0, 0.0, 0.0]])
     unsure = torch.zeros(1, 3)  # no class stands out
-    assert calibration.in_distribution(calibration.ood_scores(centres[:1], logits[labels == 0][:1])).all()
+    assert calibration.in_distribution(calibration.ood_scores(centres[:1], confident)).all()
     assert not calibration.in_distribution(calibration.ood_scores(centres[:1], unsure)).any()
-    assert not calibration.in_distribution(calibration.ood_scores(np.full((1, 4), 30.0), logits[:1])).any()
+    assert not calibration.in_distribution(calibration.ood_scores(np.full((1, 4), 30.0), confident)).any()
     with pytest.raises(ood.CalibrationError, match="needs the logits"):
         calibration.ood_scores(feats)
     again = ood._from_dict(json.loads(calibration.to_json()))
+    assert again.score == score
     np.testing.assert_allclose(again.ood_scores(feats, logits), calibration.ood_scores(feats, logits), atol=1e-5)
+
+
+def test_the_summed_score_adds_the_scaled_parts_the_larger_takes_the_larger() -> None:
+    """One class at the origin, identity covariance, scales (0, 1): a part's scaled value is its raw value.
+    Distance 0.8 and energy 0.8: the sum (1.6) is over a threshold of 1, the larger (0.8) is not."""
+    feature = np.array([[np.sqrt(0.8), 0.0]])
+    logits = torch.tensor([[-0.8]])  # one class: energy = -logit
+    scores = {}
+    for score in (ood.LARGER, ood.SUMMED):
+        calibration = ood.Calibration("x", "", 1.0, 1.0, np.zeros((1, 2)), np.eye(2), score=score)
+        calibration.scales = {ood.MAHALANOBIS: (0.0, 1.0), ood.ENERGY: (0.0, 1.0)}
+        scores[score] = calibration.ood_scores(feature, logits)
+        assert calibration.in_distribution(scores[score]).item() is (score == ood.LARGER)
+    np.testing.assert_allclose([scores[ood.LARGER][0], scores[ood.SUMMED][0]], [0.8, 1.6], atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +166,39 @@ def test_calibration_file_round_trips_and_predict_json_has_the_verdict(checkpoin
     assert main(["predict", "--checkpoint", str(checkpoint), str(image), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["in_distribution"] is True
     (checkpoint / ood.CALIBRATION).unlink()
+
+
+def test_calibrate_fits_the_class_means_on_training_photos_too(checkpoint, tmp_path) -> None:
+    """`calibrate --photo-pool`: the pool's photos join the training images in the fit, and the file says so."""
+    pool = tmp_path / "pool"
+    photos.write_photos(pool, n=10, seed=5, split="train")
+    fitted = {}
+    for name, extra in (("plain", []), ("pooled", ["--photo-pool", str(pool)])):
+        folder = shutil.copytree(checkpoint, tmp_path / name)
+        assert main(["calibrate", "--checkpoint", str(folder), "--train-images", "200", *extra]) == 0
+        fitted[name] = json.loads((folder / ood.CALIBRATION).read_text())
+    assert fitted["plain"]["score"] == fitted["pooled"]["score"] == ood.SUMMED
+    assert fitted["plain"]["fit"]["pool_images"] == 0 and fitted["pooled"]["fit"]["pool_images"] == 10
+    assert fitted["pooled"]["fit"]["photo_pools"] == [str(pool)]
+    assert not np.allclose(fitted["plain"]["means"], fitted["pooled"]["means"])
+    assert fitted["plain"]["temperature"] == pytest.approx(
+        fitted["pooled"]["temperature"]
+    )  # T is fitted on test images
+
+
+def test_ood_eval_with_a_score_fits_every_model_now_and_writes_nothing(checkpoint, tmp_path, capsys) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(checkpoint, models / "drnet")
+    small_calibration(models / "drnet", threshold=1e12)  # the file says nothing is flagged; --score ignores it
+    before = (models / "drnet" / ood.CALIBRATION).read_text()
+    write_nongarments(tmp_path / "ng", n=len(KINDS), seed=4)
+    result = evaluate_ood(models, tmp_path / "ng", score=ood.LARGER)
+    row = result["models"]["drnet"]
+    assert row["calibration"] == "fitted now" and row["score"] == ood.LARGER and row["threshold"] < 1e12
+    assert 0 < row["flagged_test"] < 0.1  # the 3% rule, on the other half
+    assert (models / "drnet" / ood.CALIBRATION).read_text() == before
+    assert main(["ood-eval", "--models", str(models), "--nongarments", str(tmp_path / "ng"), "--photo-pool", "x"]) == 2
+    assert "give --score as well" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -175,8 +175,8 @@ def verdict_ui(name: str, run: ModelRun, models: ModelSet) -> None:
         ui.unknown_verdict(
             LABELS[name], models.class_names[run.pred],
             help=f"Out-of-distribution score {run.ood_score:.2f}, above the threshold fitted on Fashion-MNIST "
-            "test images: no class stands out in the logits (energy), or the features lie far from every "
-            "class (Mahalanobis distance).",
+            "test images. The score combines how little any class stands out in the logits (energy) and how far "
+            "the features lie from every class (Mahalanobis distance).",
         )  # fmt: skip
         st.caption(
             f"This image {NOT_GARMENT.format(n=len(models.class_names))}; the details below are what it computed anyway."
