@@ -35,7 +35,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from .argtypes import positive_int
-from .ood import SCORES, SUMMED
+from .ood import SCORES
 from .photos import make_background
 
 TRAINING_KINDS = ("noise", "flat", "shapes", "text", "smiley", "texture", "desk")
@@ -320,12 +320,13 @@ def evaluate_ood(
             ph = torch.cat([prepare_upload(p.read_bytes(), *key).tensor for p in photo_files]) if photo_files else None
             prepared[key] = (ng, ph)
         ng, ph = prepared[key]
-        calibration, source = (None, "") if score else (ood.load_calibration(checkpoint), "calibration.json")
-        if calibration is None:
-            calibration, source = (
-                ood.calibrate(checkpoint, data_root, score=score or SUMMED, photo_pools=photo_pools),
-                "fitted now",
-            )
+        if score:
+            calibration = ood.calibrate(checkpoint, data_root, score=score, photo_pools=photo_pools)
+            source = "fitted now"
+        else:
+            calibration, source = ood.load_calibration(checkpoint), "calibration.json"
+            if calibration is None:
+                calibration, source = ood.calibrate(checkpoint, data_root), "fitted now"
         policy = policy_with(checkpoint.model)
         logits, feats = ood.logits_and_features(checkpoint.model, to_input(test.images[held], *key[1:]), policy)
         test_scores = calibration.ood_scores(feats.numpy(), logits)

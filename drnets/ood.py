@@ -16,9 +16,9 @@ Two things are fitted per checkpoint and stored beside it as ``calibration.json`
   out; ``LARGER`` takes the larger, so either alone flags it; ``MAHALANOBIS`` is the distance alone.
   An image is flagged when its score exceeds the threshold that flags ``FLAG_RATE`` of the held-out
   in-distribution images. Measured on drawings, text, noise, bare surfaces, desks, screenshots and
-  selfies after the upload preprocessing (``drnets ood-eval --score``, docs/MODELS.md): the sum
-  flags as many non-garments as the larger of the two and fewer garment photos, because a photo
-  rarely raises both while a non-garment mostly does.
+  selfies after the upload preprocessing (``drnets ood-eval --score``, docs/MODELS.md), both fitted
+  with the training photos: the sum flags as many non-garments as the larger of the two or more, and
+  fewer garment photos, because a photo rarely raises both while a non-garment mostly does.
 
 The shipped models were trained on all 60k training images, so the held-out images are the 10k
 test images, split in two halves by a fixed seed: T and the threshold are fitted on the
