@@ -19,6 +19,7 @@ from drnets.ood import UNKNOWN_ANSWER
 log = get_logger("drnets.app")  # Streamlit's handler and level (logger.level in streamlit_config.toml)
 # What the DRNet paper reports on CIFAR-10, as shares of MobileNetV2's cost; the pages compare with it.
 PAPER_FLOPS_SHARE, PAPER_PARAMS_SHARE = 0.3101, 0.0870
+HELD_CHART = "Drawing the chart…"  # a held-back chart's placeholder (``chart``)
 
 
 # One page run at a time, in the order they came. A class uploading at once on a small server would
@@ -116,7 +117,7 @@ def chart(fig: go.Figure, key: str) -> None:
     """
     if not st.session_state.get(state.CHARTS_READY, True):
         st.session_state[state.CHARTS_WAITING] = True
-        st.caption("Drawing the chart…")
+        st.caption(HELD_CHART)
         return
     st.plotly_chart(fig, key=key, config={"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}})
 

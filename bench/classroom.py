@@ -65,6 +65,7 @@ SINGLE_UPLOADS = 5  # "a few different images" for the one-user upload time (its
 SWITCH_ROUNDS = 2  # round 1: a page's first visit in the session (cold caches); round 2: a repeat
 PAGES = ("Attributions", "Data-set explorer", "How a DRNet works", "Inspect an image")  # link text = page title
 ANSWER = "DRNet FLOPs"  # the metric every answered Inspect page shows
+HELD_CHART = "Drawing the chart…"  # app.ui.HELD_CHART: a chart the session's first run held back
 RSS_EVERY = 50  # RSS is also sampled every this many uploads, for the curve
 GIVE_UP_AFTER = 3  # consecutive unanswered uploads that end the memory phase (the page is stuck)
 POLL_MS = 50  # how often the browser checks whether a page is answered
@@ -72,16 +73,22 @@ POLL_MS = 50  # how often the browser checks whether a page is answered
 UPLOADER = '[data-testid="stFileUploaderDropzoneInput"]'  # Streamlit's own test id, wherever the uploader sits
 DELETE = '[data-testid="stFileUploader"] [data-testid="stFileChipDeleteBtn"] button'
 # Is the page answered? The script is idle and, by kind: a metric with this label is shown
-# ("metric"), a heading containing this text is shown ("heading"), or none is ("no-heading").
+# ("metric"), that and Inspect's charts drawn, none held back ("complete": the held-back charts' run
+# starts just after the first run ends, so at least one chart must be there), a heading containing
+# this text is shown ("heading"), or none is ("no-heading").
 READY_JS = """([kind, text]) => {
   const app = document.querySelector('[data-testid="stApp"]');
   if (!app || app.getAttribute('data-test-script-state') !== 'notRunning') return false;
-  if (kind === 'metric') {
-    return [...document.querySelectorAll('[data-testid="stMetric"]')].some(m => m.innerText.includes(text));
+  if (kind === 'metric' || kind === 'complete') {
+    const shown = [...document.querySelectorAll('[data-testid="stMetric"]')].some(m => m.innerText.includes(text));
+    if (kind === 'metric' || !shown) return shown;
+    const held = [...document.querySelectorAll('[data-testid="stCaptionContainer"]')].some(c => c.innerText.includes(HELD));
+    const charts = [...document.querySelectorAll('[data-testid="stPlotlyChart"]')];
+    return !held && charts.length > 0 && charts.every(c => c.querySelector('.main-svg'));
   }
   const heading = [...document.querySelectorAll('h1, h2, h3, h4, h5, h6')].some(h => h.innerText.includes(text));
   return kind === 'no-heading' ? !heading : heading;
-}"""
+}""".replace("HELD", json.dumps(HELD_CHART))
 # Installed in a context before its first page loads: stores Date.now() when the answer's metric first
 # enters the page. A MutationObserver runs in the same task as the render that added it, so a script
 # the browser parses afterwards (the charts' Plotly) does not delay the reading, as it delays polls.
@@ -433,7 +440,7 @@ def first_page(phase: Phase, healthy_at: float) -> dict[str, Any]:
             page.add_init_script(SHOWN_JS)
             since_ms = healthy_ms if visit == "first" else time.time() * 1000
             page.goto(phase.server.url, wait_until="commit")
-            done = phase.wait(page, "metric", ANSWER)
+            done = phase.wait(page, "complete", ANSWER)
             done_ms = time.time() * 1000
             shown_ms = page.evaluate("() => window.__drnetsShownAt")
             times[f"{visit}_s"] = (shown_ms - since_ms) / 1000 if shown_ms else None
@@ -444,10 +451,13 @@ def first_page(phase: Phase, healthy_at: float) -> dict[str, Any]:
 
 
 def one_user(phase: Phase) -> dict[str, Any]:
-    """One session: open the app, switch pages, then upload a few images one at a time."""
+    """One session: open the app and let its first page complete (the held-back charts in, so the
+    first switch does not also time the first page's end), switch pages, then upload a few images one
+    at a time."""
     context, page = phase.new_page()
     try:
         phase.open_app(page)
+        phase.wait(page, "complete", ANSWER)
         return {"page_switch": page_switches(phase, page), "upload": single_uploads(phase, page)}
     finally:
         context.close()

@@ -196,3 +196,10 @@ def test_server_runs_reads_the_page_run_lines_of_the_server_log() -> None:
     )
     assert classroom.server_runs(log) == {"runs": 3, "median_ms": 684, "max_ms": 1421, "total_s": 2.605}
     assert classroom.server_runs("") == {"runs": 0, "median_ms": None, "max_ms": None, "total_s": 0.0}
+
+
+def test_the_held_back_chart_placeholder_is_the_apps() -> None:
+    """READY_JS's "complete" looks for this text; the app must still write the same."""
+    from app.ui import HELD_CHART
+
+    assert classroom.HELD_CHART == HELD_CHART and json.dumps(HELD_CHART) in classroom.READY_JS

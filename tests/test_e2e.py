@@ -20,8 +20,8 @@ from appkit import AppServer
 from PIL import Image
 
 from app.sidebar import BUDGET_RANGE
-from app.ui import si
-from bench.classroom import STARTUP_SECONDS
+from app.ui import HELD_CHART, si
+from bench.classroom import ANSWER, READY_JS, STARTUP_SECONDS
 from drnets.data import FASHION_MNIST_CLASSES, load_dataset
 
 pytestmark = pytest.mark.e2e
@@ -282,6 +282,16 @@ def test_a_phone_reaches_the_uploader_and_the_camera_and_a_photo_gets_the_answer
     settle(phone)
     assert {label: metric_value(phone, label) for label in taken} == taken
     assert not phone.locator('[data-testid="stException"]').count()
+
+
+def test_the_first_page_answers_then_draws_its_held_back_charts(page) -> None:
+    """What bench.classroom waits for before it times page switches: the answer, then the charts the
+    first run held back drawn by Plotly, no placeholder left."""
+    page.wait_for_function(READY_JS, arg=["metric", ANSWER], timeout=WAIT_MS)
+    page.wait_for_function(READY_JS, arg=["complete", ANSWER], timeout=WAIT_MS)
+    charts = page.locator('[data-testid="stPlotlyChart"]')
+    assert charts.count() >= 1 and charts.locator(".main-svg").count() >= charts.count()
+    assert not page.get_by_text(HELD_CHART).count()
 
 
 @pytest.mark.slow
